@@ -1,0 +1,239 @@
+"""The ``convergence`` command.
+
+    convergence samplers [--json]
+    convergence targets [--json]
+    convergence rate [--sampler NAME] [--target SPEC] [--process vp|ve]
+                     [--metric kl|w2|hellinger|tv] [--steps 20,40,...]
+                     [--evaluator auto|gaussian|samples] [--json]
+
+Exit codes: 0 success, 2 bad usage or invalid input (one line on stderr), 1 a failed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from itertools import pairwise
+
+from analytic.processes import PROCESSES, make_process
+from convergence.evaluators import EVALUATORS, INITS
+from convergence.evaluators.gaussian import METRICS
+from convergence.experiment import measure_rate
+from convergence.rates import local_slopes
+from convergence.samplers import REGISTRY, DivergenceError, get_spec
+from convergence.targets import TARGETS, parse_target
+
+DEFAULT_STEPS = "20,40,80,160,320,640,1280"
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit code 2
+        raise UsageError(message)
+
+
+def _steps(text: str) -> list[int]:
+    try:
+        steps = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--steps must be comma-separated integers, got {text!r}"
+        ) from None
+    if len(steps) < 2 or steps[0] < 1 or any(b <= a for a, b in pairwise(steps)):
+        raise argparse.ArgumentTypeError(
+            f"--steps needs at least two strictly increasing integers >= 1, got {text!r}"
+        )
+    return steps
+
+
+def _option(text: str) -> tuple[str, object]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"--option takes KEY=VALUE, got {text!r}")
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="convergence", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("samplers", help="list the registered samplers")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("targets", help="list the target spec strings")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("rate", help="measure the convergence rate of one sampler")
+    p.add_argument("--sampler", default="ddim", choices=list(REGISTRY))
+    p.add_argument("--target", default="gaussian:d=2", help="e.g. gaussian:d=2, gmm:d=2,k=3,seed=0")
+    p.add_argument("--process", default="vp", choices=list(PROCESSES))
+    p.add_argument("--metric", default="kl", choices=list(METRICS))
+    p.add_argument("--steps", type=_steps, default=_steps(DEFAULT_STEPS))
+    p.add_argument("--evaluator", default="auto", choices=list(EVALUATORS))
+    p.add_argument("--n", type=int, default=2000, help="samples per point (samples evaluator)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--t-end", type=float, default=None, help="end time (default: the process's)")
+    p.add_argument("--init", default="exact", choices=list(INITS))
+    p.add_argument(
+        "--option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="sampler option, e.g. variance=beta_tilde for ddpm",
+    )
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def _fmt(x: float | None, spec: str = ".3e") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def cmd_samplers(args) -> int:
+    specs = list(REGISTRY.values())
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "name": s.name,
+                        "family": s.family,
+                        "stochastic": s.stochastic,
+                        "nfe_per_step": s.nfe_per_step,
+                        "expected_order": s.expected_order,
+                        "claims": [
+                            {"metric": c.metric, "exponent": c.exponent, "source": c.source}
+                            for c in s.claims
+                        ],
+                        "citation": s.citation,
+                    }
+                    for s in specs
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    print(f"{'name':<12} {'family':<16} {'stochastic':<10} {'NFE/step':>8} {'order':>6}")
+    for s in specs:
+        print(
+            f"{s.name:<12} {s.family:<16} {'yes' if s.stochastic else 'no':<10} "
+            f"{s.nfe_per_step:>8} {_fmt(s.expected_order, 'g'):>6}"
+        )
+    return 0
+
+
+def cmd_targets(args) -> int:
+    rows = [
+        {"name": name, "parameters": list(types), "description": desc}
+        for name, (_, types, desc) in TARGETS.items()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['name']}:{','.join(p + '=...' for p in r['parameters'])}  {r['description']}")
+    print("examples: gaussian:d=2   gmm:d=2,k=3,seed=0   gmm:d=8,k=4,seed=1,cov=diag")
+    return 0
+
+
+def cmd_rate(args) -> int:
+    target = parse_target(args.target)
+    process = make_process(args.process)
+    res = measure_rate(
+        args.sampler,
+        target,
+        process,
+        args.steps,
+        metric=args.metric,
+        evaluator=args.evaluator,
+        n=args.n,
+        seed=args.seed,
+        t_end=args.t_end,
+        init=args.init,
+        **dict(args.option),
+    )
+    fit = res.fit
+    evaluator = res.points[0].evaluator
+    notes = sorted({p.note for p in res.points if p.note})
+    out = {
+        "sampler": args.sampler,
+        "target": args.target,
+        "process": args.process,
+        "metric": args.metric,
+        "evaluator": evaluator,
+        "points": [
+            {"steps": p.steps, "nfe": p.nfe, "error": p.value, "uncertainty": p.uncertainty}
+            for p in res.points
+        ],
+        "fit": None
+        if fit is None
+        else {
+            "slope": fit.slope,
+            "ci_low": fit.ci_low,
+            "ci_high": fit.ci_high,
+            "window": list(fit.window),
+            "settled": fit.settled,
+            "local_slopes": list(fit.local_slopes),
+        },
+        "expected_slope": res.expected_slope,
+        "verdict": res.verdict,
+        "t_end": res.points[0].t_end,
+        "notes": notes + ([res.unresolved] if res.unresolved else []),
+    }
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    print(
+        f"{args.sampler} on {args.target} ({args.process}), {args.metric} by the "
+        f"{evaluator} evaluator, reference: exact marginal at t_end={out['t_end']:g}"
+    )
+    print(f"{'steps':>7} {'nfe':>7} {'error':>11} {'uncertainty':>11} {'local slope':>11}")
+    slopes = local_slopes(args.steps, [p.value for p in res.points])
+    for p, s in zip(res.points, [None, *slopes], strict=True):
+        print(
+            f"{p.steps:>7} {p.nfe:>7} {_fmt(p.value):>11} {_fmt(p.uncertainty):>11} "
+            f"{_fmt(s, '+.3f'):>11}"
+        )
+    if fit is not None:
+        lo, hi = fit.window
+        print(
+            f"fitted slope {fit.slope:+.3f} [{fit.ci_low:+.3f}, {fit.ci_high:+.3f}] (95% CI) "
+            f"over T in [{lo}, {hi}]{'' if fit.settled else ' (local slopes not settled)'}"
+        )
+    print(f"expected slope {_fmt(res.expected_slope, '+.2f')}: {res.verdict}")
+    for note in out["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
+COMMANDS = {"samplers": cmd_samplers, "targets": cmd_targets, "rate": cmd_rate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "rate":
+            get_spec(args.sampler)
+        return COMMANDS[args.command](args)
+    except (UsageError, ValueError, argparse.ArgumentTypeError) as exc:
+        print(f"convergence: error: {exc}", file=sys.stderr)
+        return 2
+    except DivergenceError as exc:
+        print(f"convergence: run failed: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""One-call entry points: run a sampler, and measure a convergence rate over step counts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+
+from analytic.gmm import GaussianMixture
+from analytic.processes import Process
+from convergence.evaluators import ErrorEstimate, error
+from convergence.noise import PerSampleNoise
+from convergence.rates import RateFit, UnresolvedRateError, fit_rate
+from convergence.samplers import SampleResult, SamplerSpec, get_spec, run_chain
+from convergence.samplers.base import Score, Tensor, check_states
+
+
+def sample(
+    sampler_name: str | SamplerSpec,
+    score: Score,
+    process: Process,
+    x: Tensor,
+    steps: int,
+    *,
+    seed: int = 0,
+    offset: int = 0,
+    **options,
+) -> SampleResult:
+    """Run ``sampler_name`` from the states x (n, d) for ``steps`` steps with score(x, t).
+
+    Row i of x uses noise stream (seed, offset + i), so results do not depend on batching.
+    Options: ``t_end``, ``final_noise`` and the sampler's own options (see its spec).
+    """
+    spec = get_spec(sampler_name)
+    check_states(x)
+    return run_chain(spec, score, process, x, steps, noise=PerSampleNoise(seed, offset), **options)
+
+
+@dataclass(frozen=True)
+class RateResult:
+    """Errors at each step count, the fitted slope and the slope the sampler's order predicts.
+
+    ``fit`` is None when too few points lie above the evaluator's floor; ``unresolved`` says why.
+    """
+
+    sampler: str
+    metric: str
+    points: tuple[ErrorEstimate, ...]
+    fit: RateFit | None
+    expected_slope: float | None
+    unresolved: str = ""
+
+    @property
+    def verdict(self) -> str:
+        return self.fit.verdict if self.fit is not None else "unresolved"
+
+
+def measure_rate(
+    sampler_name: str | SamplerSpec,
+    target: GaussianMixture,
+    process: Process,
+    steps: Sequence[int],
+    *,
+    metric: str,
+    evaluator: str = "auto",
+    **kwargs,
+) -> RateResult:
+    """Error at every step count and the fitted log-log slope d log(error) / d log(T)."""
+    spec = get_spec(sampler_name)
+    steps = list(steps)
+    if len(steps) < 2 or any(b <= a for a, b in pairwise(steps)):
+        raise ValueError(f"steps must be at least two strictly increasing counts, got {steps}")
+    points = tuple(
+        error(sampler_name, target, process, T, metric=metric, evaluator=evaluator, **kwargs)
+        for T in steps
+    )
+    expected = spec.expected_slope(metric)
+    try:
+        fit = fit_rate(
+            steps,
+            [p.value for p in points],
+            uncertainties=[p.uncertainty if p.evaluator == "samples" else 0.0 for p in points],
+            floors=[p.floor for p in points],
+            expected_slope=expected,
+        )
+    except UnresolvedRateError as exc:
+        return RateResult(spec.name, metric, points, None, expected, str(exc))
+    return RateResult(spec.name, metric, points, fit, expected)
