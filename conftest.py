@@ -1,1 +1,0 @@
-# Root conftest: makes the repository root importable (analytic, convergence) for pytest.
