@@ -95,21 +95,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="tiny run (n=1024, K=4, d=8, 3 repeats)")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.n, args.k, args.d, args.repeats = 1024, 4, 8, 3
     n, k, d = args.n, args.k, args.d
 
-    env = {
-        "torch": torch.__version__,
-        "threads": threadpool_state(),
-        "n": n,
-        "K": k,
-        "d": d,
-        "repeats": args.repeats,
-        "loadavg_1min": os.getloadavg()[0],
-    }
+    env = {"torch": torch.__version__, "threads": threadpool_state(), "n": n, "K": k, "d": d}
+    env.update(repeats=args.repeats, loadavg_1min=os.getloadavg()[0], target_ratio=TARGET)
     print(f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}")
     print("threadpools: " + ", ".join(f"{key}={val}" for key, val in env["threads"].items()))
     print(
@@ -125,20 +121,11 @@ def main(argv: list[str] | None = None) -> dict:
             x = gmm.sample(n, seed=1, dtype=dtype)
             score, floor = (lambda g=gmm, x=x: g.score(x)), floor_fn(kind, n, k, d, dtype)
             (t_score, t_score_min), (t_floor, t_floor_min) = timed([score, floor], args.repeats)
-            warm = (dtype, x.device) in gmm._cache
-            rows.append(
-                {
-                    "kind": kind,
-                    "dtype": str(dtype).removeprefix("torch."),
-                    "score_ms": 1e3 * t_score,
-                    "score_min_ms": 1e3 * t_score_min,
-                    "floor_ms": 1e3 * t_floor,
-                    "floor_min_ms": 1e3 * t_floor_min,
-                    "ratio": t_score / t_floor,
-                    "points_per_s": n / t_score,
-                    "cache_warm": warm,
-                }
-            )
+            times = {"score_ms": t_score, "score_min_ms": t_score_min, "floor_ms": t_floor}
+            row = {"kind": kind, "dtype": str(dtype).removeprefix("torch.")}
+            row |= {key: 1e3 * t for key, t in (times | {"floor_min_ms": t_floor_min}).items()}
+            row |= {"ratio": t_score / t_floor, "points_per_s": n / t_score}
+            rows.append(row | {"cache_warm": (dtype, x.device) in gmm._cache})
 
     head = (
         f"{'kind':<10} {'dtype':<8} {'score ms':>9} {'(min)':>8} {'floor ms':>9} {'(min)':>8} "
@@ -159,12 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
             verdict = "yes" if checks[r["dtype"]] else "no"
             print(f"isotropic within {TARGET:g}x of the floor ({r['dtype']}): {verdict}")
 
-    result = {
-        "environment": env,
-        "results": rows,
-        "isotropic_within_target": checks,
-        "target_ratio": TARGET,
-    }
+    result = {"environment": env, "results": rows, "isotropic_within_target": checks}
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=2)

@@ -148,9 +148,14 @@ def cmd_targets(args) -> int:
     return 0
 
 
+def _progress(i: int, total: int, point) -> None:
+    print(f"\r[{i}/{total}] T={point.steps} error={point.value:.3e}", end="", file=sys.stderr)
+
+
 def cmd_rate(args) -> int:
     target = parse_target(args.target)
     process = make_process(args.process)
+    show = not args.json and sys.stderr.isatty()
     res = measure_rate(
         args.sampler,
         target,
@@ -162,8 +167,11 @@ def cmd_rate(args) -> int:
         seed=args.seed,
         t_end=args.t_end,
         init=args.init,
+        progress=_progress if show else None,
         **dict(args.option),
     )
+    if show:
+        print(file=sys.stderr)
     fit = res.fit
     evaluator = res.points[0].evaluator
     notes = sorted({p.note for p in res.points if p.note})
@@ -175,6 +183,7 @@ def cmd_rate(args) -> int:
         "evaluator": evaluator,
         "points": [
             {"steps": p.steps, "nfe": p.nfe, "error": p.value, "uncertainty": p.uncertainty}
+            | ({"lower_bound": p.lower_bound} if p.lower_bound is not None else {})
             for p in res.points
         ],
         "fit": None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -63,17 +63,24 @@ def measure_rate(
     *,
     metric: str,
     evaluator: str = "auto",
+    progress: Callable[[int, int, ErrorEstimate], None] | None = None,
     **kwargs,
 ) -> RateResult:
-    """Error at every step count and the fitted log-log slope d log(error) / d log(T)."""
+    """Error at every step count and the fitted log-log slope d log(error) / d log(T).
+
+    ``progress(i, total, estimate)`` is called after each point; other keyword arguments go to
+    ``convergence.error``.
+    """
     spec = get_spec(sampler_name)
     steps = list(steps)
     if len(steps) < 2 or any(b <= a for a, b in pairwise(steps)):
         raise ValueError(f"steps must be at least two strictly increasing counts, got {steps}")
-    points = tuple(
-        error(sampler_name, target, process, T, metric=metric, evaluator=evaluator, **kwargs)
-        for T in steps
-    )
+    points = []
+    for i, T in enumerate(steps):
+        points.append(error(spec, target, process, T, metric=metric, evaluator=evaluator, **kwargs))
+        if progress is not None:
+            progress(i + 1, len(steps), points[-1])
+    points = tuple(points)
     expected = spec.expected_slope(metric)
     try:
         fit = fit_rate(

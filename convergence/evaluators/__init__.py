@@ -41,6 +41,7 @@ class ErrorEstimate:
     exact: bool
     floor: float = 0.0
     n_samples: int = 0
+    lower_bound: float | None = None
     note: str = ""
 
     def as_dict(self) -> dict:
@@ -104,6 +105,7 @@ def error(
         out = exact.propagate(spec, score, process, exact.law_of(start), steps, **common)
         dist = exact.distance(metric, ref, out)
         floor = exact.roundoff_floor(metric, dist.value, ref, steps)
+        bounded = metric == "tv" and not dist.exact
         return ErrorEstimate(
             dist.value,
             floor,
@@ -113,9 +115,9 @@ def error(
             nfe,
             t_end,
             dist.exact,
-            floor,
-            0,
-            dist.note,
+            floor=floor,
+            lower_bound=dist.lower_bound if bounded else None,
+            note=exact.TV_BOUND_NOTE if bounded else "",
         )
     from convergence.metrics import w2_against_reference  # POT is imported only when needed
 
@@ -133,7 +135,7 @@ def error(
         result.nfe,
         t_end,
         False,
-        est.floor,
-        n,
-        "uncertainty = noise floor: W2 between two independent reference samples of size n",
+        floor=est.floor,
+        n_samples=n,
+        note="uncertainty = noise floor: W2 between two independent reference samples of size n",
     )

@@ -102,3 +102,21 @@ def test_wrong_declared_order_is_flagged_faster():
     """A first-order sampler that declared order 1/2 (e.g. a loose TV bound) converges faster."""
     res = check_order(dataclasses.replace(DDPM, name="ddpm-half", expected_order=0.5), "w2")
     assert res.verdict == "faster"
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ode-heun"])
+def test_exact_tv_order_in_one_dimension(name):
+    """In 1-D the TV of the output law is exact (density crossing points), not a bound."""
+    res = measure_rate(
+        REGISTRY[name], gaussian_target(1), VP(), STEPS, metric="tv", evaluator="gaussian"
+    )
+    assert all(p.exact and p.lower_bound is None for p in res.points)
+    assert res.verdict == "consistent"
+    assert abs(res.fit.slope - REGISTRY[name].expected_slope("tv")) < 0.1
+
+
+def test_tv_bound_in_two_dimensions_is_marked():
+    res = check_order(REGISTRY["ddim"], "tv")
+    assert not any(p.exact for p in res.points)
+    assert all(p.lower_bound <= p.value for p in res.points) and res.points[0].note
+    assert res.verdict == "consistent"
