@@ -9,6 +9,7 @@ same shapes and dtype:
                sum_k r_k mu_k / v_k              one (n, K) x (K, d) product
     full:      L_k^{-1} x for all k              one (n, d) x (d, K d) product
                sum_k L_k^{-T} (...)              one (n, K d) x (K d, d) product
+               (the same shapes when the factor is an eigenbasis: Q_k^T x and sum_k Q_k (...))
 
     floor = time of those two products;  ratio = score time / floor time.
 
