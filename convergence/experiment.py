@@ -8,11 +8,10 @@ from itertools import pairwise
 
 from analytic.gmm import GaussianMixture
 from analytic.processes import Process
-from convergence.evaluators import ErrorEstimate, error
-from convergence.noise import PerSampleNoise
+from convergence.evaluators import ErrorEstimate, error, noise_source
 from convergence.rates import RateFit, UnresolvedRateError, fit_rate
-from convergence.samplers import SampleResult, SamplerSpec, get_spec, run_chain
-from convergence.samplers.base import Score, Tensor, check_states
+from convergence.samplers import SampleResult, SamplerSpec, get_spec
+from convergence.samplers.base import Score, Tensor, run_sampler
 
 
 def sample(
@@ -24,16 +23,19 @@ def sample(
     *,
     seed: int = 0,
     offset: int = 0,
+    noise: str = "independent",
     **options,
 ) -> SampleResult:
     """Run ``sampler_name`` from the states x (n, d) for ``steps`` steps with score(x, t).
 
-    Row i of x uses noise stream (seed, offset + i), so results do not depend on batching.
-    Options: ``t_end``, ``final_noise`` and the sampler's own options (see its spec).
+    Row i of x uses noise stream (seed, offset + i), so results do not depend on batching;
+    ``noise="brownian"`` makes runs with T and 2T steps share one Brownian path per sample.
+    Options: ``t_end``, ``final_noise``, ``denoise`` (final Tweedie step) and the sampler's own
+    options (see its spec).
     """
     spec = get_spec(sampler_name)
-    check_states(x)
-    return run_chain(spec, score, process, x, steps, noise=PerSampleNoise(seed, offset), **options)
+    source = noise_source(noise, seed, offset)
+    return run_sampler(spec, score, process, x, steps, noise=source, **options)
 
 
 @dataclass(frozen=True)

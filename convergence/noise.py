@@ -81,9 +81,91 @@ class PerSampleNoise:
     seed: int = 0
     offset: int = 0
 
+    def for_schedule(self, schedule) -> PerSampleNoise:
+        """Independent draws need no knowledge of the schedule."""
+        return self
+
     def draw(self, step: int, like: Tensor) -> Tensor:
         if like.ndim != 2:
             raise ValueError(f"noise is drawn for states of shape (n, d), got {tuple(like.shape)}")
         n, d = like.shape
         idx = torch.arange(self.offset, self.offset + n, dtype=torch.int64, device=like.device)
         return normal(self.seed, idx, step, d, dtype=like.dtype)
+
+
+_BROWNIAN_DOMAIN = 0x42524F574E  # separates Brownian streams from per-step streams of one seed
+
+
+@dataclass(frozen=True)
+class BrownianNoise:
+    """Brownian-consistent noise: runs with T and 2T uniform steps share one Brownian path.
+
+    Each sample has a Brownian path B on u in [0, 1] (u = 0 at the first step, u = 1 at the last),
+    built by dyadic refinement: B at u = i / b (b = the odd part of T) from independent increments,
+    then Brownian-bridge midpoints B(m) = (B(l) + B(r)) / 2 + sqrt((r - l) / 4) xi, level by level,
+    each xi drawn from a counter-based stream keyed by (seed, sample, level, interval). Step k of a
+    run with T = b 2^j steps gets z_k = (B((k + 1) / T) - B(k / T)) sqrt(T) ~ N(0, I), so the
+    increment of a coarse step is exactly the sum of the fine increments it covers.
+    Only uniform schedules are supported (the SDE samplers' default).
+    """
+
+    seed: int = 0
+    offset: int = 0
+
+    def for_schedule(self, schedule) -> _BrownianRun:
+        T = len(schedule)
+        widths = [t - t_next for t, t_next in schedule]
+        if max(widths) - min(widths) > 1e-9 * max(abs(w) for w in widths):
+            raise ValueError("Brownian-consistent noise needs a uniform schedule")
+        levels = (T & -T).bit_length() - 1  # T = base * 2^levels with base odd
+        return _BrownianRun(self.seed, self.offset, T >> levels, levels)
+
+
+@dataclass
+class _BrownianRun:
+    seed: int
+    offset: int
+    base: int
+    levels: int
+    _last: tuple[int, Tensor] | None = None
+
+    def _normal(self, idx: Tensor, level: int, interval: int, d: int) -> Tensor:
+        key = (level << 40) + interval
+        return normal(self.seed ^ _BROWNIAN_DOMAIN, idx, key, d)
+
+    def _path(self, point: int, idx: Tensor, d: int) -> Tensor:
+        """B at u = point / (base 2^levels) for the samples idx, by bisection from level 0."""
+        fine = 1 << self.levels
+        i, rem = divmod(point, fine)  # level-0 interval i, position inside it
+        inc = [self._normal(idx, 0, m, d) for m in range(min(i + 1, self.base))]
+        scale = math.sqrt(1.0 / self.base)
+        left = scale * sum(inc[:i], torch.zeros_like(inc[0]))
+        if rem == 0:
+            return left
+        right = left + scale * inc[i]
+        lo, hi, width = 0, fine, 1.0 / self.base
+        for level in range(1, self.levels + 1):
+            mid = (lo + hi) // 2
+            interval = (i << (level - 1)) + lo // (hi - lo)
+            xi = self._normal(idx, level, interval, d)
+            b_mid = 0.5 * (left + right) + 0.5 * math.sqrt(width) * xi
+            if rem == mid:
+                return b_mid
+            if rem < mid:
+                hi, right = mid, b_mid
+            else:
+                lo, left = mid, b_mid
+            width *= 0.5
+        raise AssertionError("unreachable: the point lies on the finest level")
+
+    def draw(self, step: int, like: Tensor) -> Tensor:
+        n, d = like.shape
+        idx = torch.arange(self.offset, self.offset + n, dtype=torch.int64, device=like.device)
+        T = self.base << self.levels
+        if self._last is not None and self._last[0] == step and self._last[1].shape == (n, d):
+            b0 = self._last[1]
+        else:
+            b0 = self._path(step, idx, d)
+        b1 = self._path(step + 1, idx, d)
+        self._last = (step + 1, b1)
+        return ((b1 - b0) * math.sqrt(T)).to(like.dtype)

@@ -18,11 +18,23 @@ import torch
 from analytic.gmm import GaussianMixture
 from analytic.processes import Process
 from convergence.evaluators import gaussian as exact
-from convergence.noise import PerSampleNoise
-from convergence.samplers import SamplerSpec, get_spec, run_chain
-from convergence.samplers.base import check_t_end
+from convergence.noise import BrownianNoise, PerSampleNoise
+from convergence.samplers import SamplerSpec, get_spec
+from convergence.samplers.base import CountingScore, check_t_end, run_sampler, tweedie
 
 EVALUATORS = ("auto", "gaussian", "samples")
+NOISES = ("independent", "brownian")
+
+
+def noise_source(kind: str, seed: int, offset: int = 0) -> PerSampleNoise | BrownianNoise:
+    """Per-sample independent draws, or one Brownian path per sample shared across step counts."""
+    if kind == "independent":
+        return PerSampleNoise(seed, offset)
+    if kind == "brownian":
+        return BrownianNoise(seed, offset)
+    raise ValueError(f"noise must be one of {NOISES}, got {kind!r}")
+
+
 INITS = ("exact", "prior")
 
 
@@ -89,20 +101,30 @@ def error(
     t_end: float | None = None,
     init: str = "exact",
     final_noise: bool = False,
+    denoise: bool = False,
+    noise: str = "independent",
     **options,
 ) -> ErrorEstimate:
-    """Error of ``sampler_name`` after ``steps`` steps with the exact score of ``target``."""
+    """Error of ``sampler_name`` after ``steps`` steps with the exact score of ``target``.
+
+    The reference is the exact marginal q at the sampler's t_end or, with ``denoise``, the law of
+    the exact Tweedie denoiser applied to X ~ q (the map the sampler's last step applies).
+    """
     spec = get_spec(sampler_name)
     kind = resolve_evaluator(evaluator, target, spec, metric)
     t_end = check_t_end(process, t_end)
     start = initial_law(target, process, init)
     reference = target.noised(process, t_end)
-    score = target.score_fn(process)
-    common = dict(t_end=t_end, final_noise=final_noise, **options)
-    nfe = steps * spec.nfe_per_step
+    score = CountingScore(target.score_fn(process))
+    common = dict(t_end=t_end, final_noise=final_noise, denoise=denoise, **options)
     if kind == "gaussian":
         ref = exact.law_of(reference)
+        if denoise:
+            ref = exact.push_forward(
+                lambda x: tweedie(target.score_fn(process), process, x, t_end), ref
+            )
         out = exact.propagate(spec, score, process, exact.law_of(start), steps, **common)
+        nfe = score.calls
         dist = exact.distance(metric, ref, out)
         floor = exact.roundoff_floor(metric, dist.value, ref, steps)
         bounded = metric == "tv" and not dist.exact
@@ -124,8 +146,13 @@ def error(
     if not isinstance(n, int) or n < 2:
         raise ValueError(f"the samples evaluator needs n >= 2 samples, got {n!r}")
     x0 = start.sample(n, seed=2 * seed)
-    result = run_chain(spec, score, process, x0, steps, noise=PerSampleNoise(seed), **common)
-    est = w2_against_reference(result.x, reference.sample, seed=2 * seed + 1)
+    result = run_sampler(spec, score, process, x0, steps, noise=noise_source(noise, seed), **common)
+
+    def sample_reference(m: int, s: int) -> torch.Tensor:
+        x = reference.sample(m, s)
+        return tweedie(target.score_fn(process), process, x, t_end) if denoise else x
+
+    est = w2_against_reference(result.x, sample_reference, seed=2 * seed + 1)
     return ErrorEstimate(
         est.value,
         est.floor,

@@ -23,7 +23,14 @@ import torch
 from analytic import gaussian as closed
 from analytic.gmm import GaussianMixture
 from analytic.processes import Process
-from convergence.samplers.base import SamplerSpec, Score, check_t_end, plan
+from convergence.samplers.base import (
+    SamplerSpec,
+    Score,
+    context_kwargs,
+    plan,
+    prepare,
+    tweedie,
+)
 
 Tensor = torch.Tensor
 
@@ -40,6 +47,29 @@ class GaussianLaw:
     cov: Tensor
 
 
+def _read_affine(fn, mean: Tensor, cov: Tensor, where: str) -> tuple[Tensor, Tensor]:
+    """fn(mean) and the matrix M of fn, assumed affine, read off probe points; refuses non-affine.
+
+    Probes: mu, mu + e_j, mu + delta, mu + delta + e_j (delta a fixed shift on the scale of the
+    law). M e_j = fn(mu + e_j) - fn(mu); the read-out at mu + delta must agree.
+    """
+    D = mean.numel()
+    eye = torch.eye(D, dtype=mean.dtype, device=mean.device)
+    scale = torch.sqrt(torch.diagonal(cov)).clamp_min(1e-3)
+    shift = scale * torch.cos(torch.arange(D, dtype=mean.dtype, device=mean.device) + 1.0)
+    out = fn(torch.cat([mean[None], mean + eye, (mean + shift)[None], mean + shift + eye]))
+    M = (out[1 : D + 1] - out[0]).T
+    M_shifted = (out[D + 2 :] - out[D + 1]).T
+    mismatch = (M - M_shifted).abs().max() + (out[D + 1] - out[0] - M @ shift).abs().max()
+    if mismatch > AFFINE_RTOL * (1.0 + M.abs().max() + out[0].abs().max()):
+        raise NotAffineError(
+            f"{where} is not affine in x (Jacobian varies by {float(mismatch):.2e}): the score is "
+            "not affine (target not a single Gaussian?) or the sampler is nonlinear; use "
+            "evaluator 'samples'"
+        )
+    return out[0], M
+
+
 def propagate(
     spec: SamplerSpec,
     score: Score,
@@ -49,41 +79,52 @@ def propagate(
     *,
     t_end: float | None = None,
     final_noise: bool = False,
+    denoise: bool = False,
     **options,
 ) -> GaussianLaw:
-    """Exact law of the sampler output when the initial law is Gaussian and every step is affine."""
+    """Exact law of the sampler output when the initial law is Gaussian and every step is affine.
+
+    The Gaussian vector is the state x together with the sampler's side quantities (multistep
+    state); noise enters the x block only. The final Tweedie denoise, when asked, is one more
+    affine map.
+    """
     if not spec.affine:
         raise NotAffineError(
             f"sampler {spec.name!r} is not affine in the state; use evaluator 'samples'"
         )
-    t_end = check_t_end(process, t_end)
-    opts = spec.resolve_options(options)
+    t_end, opts, schedule = prepare(spec, process, steps, t_end, options)
     mean, cov = init.mean, init.cov
     d = mean.numel()
-    eye = torch.eye(d, dtype=mean.dtype, device=mean.device)
-    # A fixed shift, not aligned with any axis, on the scale of the law: the second base point.
-    shift = torch.sqrt(torch.diagonal(cov)) * torch.cos(
-        torch.arange(d, dtype=mean.dtype, device=mean.device) + 1.0
-    )
-    for k, t, t_next, noisy in plan(steps, t_end, final_noise):
-        probe = torch.cat([mean[None], mean + eye, (mean + shift)[None], mean + shift + eye])
-        tr = spec.step(score, process, probe, t, t_next, **opts)
-        out = tr.mean
-        M = (out[1 : d + 1] - out[0]).T
-        M_shifted = (out[d + 2 :] - out[d + 1]).T
-        mismatch = (M - M_shifted).abs().max() + (out[d + 1] - out[0] - M @ shift).abs().max()
-        if mismatch > AFFINE_RTOL * (1.0 + M.abs().max()):
-            raise NotAffineError(
-                f"step {k + 1} (t={t:.4g}) of sampler {spec.name!r} is not affine in x "
-                f"(Jacobian varies by {float(mismatch):.2e}): the score is not affine (target not "
-                "a single Gaussian?) or the sampler is nonlinear; use evaluator 'samples'"
+    state_width = 0
+    for st in plan(schedule, final_noise):
+        found = {}
+
+        def step(z: Tensor, st=st, width=state_width, found=found) -> Tensor:
+            state = z[:, d:] if width else None
+            tr = spec.step(
+                score, process, z[:, :d], st.t, st.t_next, **context_kwargs(spec, st, state), **opts
             )
-        mean = out[0]
+            found["std"], found["width"] = tr.std, 0 if tr.state is None else tr.state.shape[1]
+            return tr.mean if tr.state is None else torch.cat([tr.mean, tr.state], dim=1)
+
+        where = f"step {st.k + 1} (t={st.t:.4g}) of sampler {spec.name!r}"
+        mean, M = _read_affine(step, mean, cov, where)
         cov = M @ cov @ M.T
-        if noisy and tr.std > 0:
-            cov = cov + tr.std**2 * eye
+        if st.noisy and found["std"] > 0:
+            cov[:d, :d] += found["std"] ** 2 * torch.eye(d, dtype=cov.dtype, device=cov.device)
         cov = 0.5 * (cov + cov.T)
+        state_width = found["width"]
+    mean, cov = mean[:d], cov[:d, :d]
+    if denoise:
+        return push_forward(lambda x: tweedie(score, process, x, t_end), GaussianLaw(mean, cov))
     return GaussianLaw(mean, cov)
+
+
+def push_forward(fn, law: GaussianLaw) -> GaussianLaw:
+    """Law of fn(X) for X ~ law and an affine fn (e.g. the Tweedie denoiser of a Gaussian)."""
+    mean, M = _read_affine(fn, law.mean, law.cov, "the final map")
+    cov = M @ law.cov @ M.T
+    return GaussianLaw(mean, 0.5 * (cov + cov.T))
 
 
 def law_of(target: GaussianMixture) -> GaussianLaw:

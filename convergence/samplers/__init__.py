@@ -4,11 +4,14 @@ from convergence.samplers import discrete, ode, sde
 from convergence.samplers.base import (
     Claim,
     DivergenceError,
+    CountingScore,
     SampleResult,
     SamplerSpec,
     Transition,
     make_registry,
     run_chain,
+    run_sampler,
+    tweedie,
 )
 
 REGISTRY = make_registry(*discrete.SPECS, *sde.SPECS, *ode.SPECS)
@@ -28,10 +31,13 @@ def get_spec(name: str | SamplerSpec) -> SamplerSpec:
 __all__ = [
     "REGISTRY",
     "Claim",
+    "CountingScore",
     "DivergenceError",
     "SampleResult",
     "SamplerSpec",
     "Transition",
     "get_spec",
     "run_chain",
+    "run_sampler",
+    "tweedie",
 ]

@@ -10,16 +10,29 @@ Such a sampler is defined by one *step function*
 
     step(score, process, x, t, t_next, **options) -> Transition(mean, std)
 
-and a time grid. The same step function drives sampling (``run_chain``), exact moment propagation
-for Gaussian targets (``convergence.evaluators.gaussian``) and, later, density propagation on grids:
-the update rule is written once (DESIGN.md decision 3).
+and a schedule: the list of (t, t_next) pairs the steps move between (a uniform time grid by
+default; sub-sequences, log-SNR grids, rho-grids or repeated noise levels otherwise). The same step
+function drives sampling (``run_chain``), exact moment propagation for Gaussian targets
+(``convergence.evaluators.gaussian``) and, later, density propagation on grids: the update rule is
+written once (DESIGN.md decision 3).
+
+Multistep samplers carry affine side quantities from step to step in ``Transition.state`` (an
+(n, k) tensor, e.g. the previous noise prediction); exact propagation treats them as extra
+coordinates of a joint Gaussian. A step function asks for the context it needs by listing it in
+``SamplerSpec.context``: ``state`` (the previous state, None at the first step), ``last`` (True at
+the final step) and ``k`` (the step index).
+
+Samplers that are not a chain of Gaussian kernels (adaptive step sizes, batch-dependent step
+sizes, momentum) give a ``run`` function with the same call signature as ``run_chain`` instead.
+Every run counts score calls through the callable it is given: NFE is counted, not computed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from itertools import pairwise
 from types import MappingProxyType
 from typing import Any
 
@@ -45,10 +58,12 @@ class DivergenceError(RuntimeError):
 
 @dataclass(frozen=True)
 class Transition:
-    """One Gaussian kernel applied to a batch: next state = mean + std * z."""
+    """One Gaussian kernel applied to a batch: next state = mean + std * z, plus the affine side
+    quantities ``state`` a multistep sampler carries to its next step."""
 
     mean: Tensor
     std: float
+    state: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,17 @@ class SampleResult:
 
 
 StepFn = Callable[..., Transition]
+RunFn = Callable[..., SampleResult]
+Schedule = list[tuple[float, float]]
+ScheduleFn = Callable[[Process, int, float, Mapping[str, Any]], Schedule]
+
+
+def uniform_schedule(
+    process: Process, steps: int, t_end: float, options: Mapping[str, Any]
+) -> Schedule:
+    """Uniform grid t_0 = 1 > t_1 > ... > t_steps = t_end (float64 linspace), as (t_k, t_{k+1})."""
+    grid = torch.linspace(1.0, t_end, steps + 1, dtype=torch.float64).tolist()
+    return list(pairwise(grid))
 
 
 @dataclass(frozen=True)
@@ -89,12 +115,23 @@ class SamplerSpec:
     stochastic: bool
     nfe_per_step: int
     expected_order: float | None
-    step: StepFn
     citation: str
+    step: StepFn | None = None
+    run: RunFn | None = None
+    schedule: ScheduleFn = uniform_schedule
+    context: tuple[str, ...] = ()
     claims: tuple[Claim, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     choices: Mapping[str, tuple] = field(default_factory=dict)
     affine: bool = True
+    brownian: bool = False
+    validate: Callable[[Process, int, float, Mapping[str, Any]], None] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.step is None) == (self.run is None):
+            raise ValueError(f"sampler {self.name!r} needs exactly one of step and run")
+        if self.run is not None and self.affine:
+            object.__setattr__(self, "affine", False)
 
     def expected_slope(self, metric: str) -> float | None:
         """d log(error) / d log(T) predicted by the weak order: -p, or -2p for KL."""
@@ -139,20 +176,67 @@ def check_t_end(process: Process, t_end: float | None) -> float:
     return t_end
 
 
-def time_grid(steps: int, t_end: float, t_start: float = 1.0) -> list[float]:
-    """Uniform grid t_0 = t_start > t_1 > ... > t_steps = t_end (float64 linspace)."""
-    return torch.linspace(t_start, t_end, steps + 1, dtype=torch.float64).tolist()
+@dataclass(frozen=True)
+class Stage:
+    """Step k of a run: from t to t_next, whether its noise is added, whether it is the last."""
+
+    k: int
+    t: float
+    t_next: float
+    noisy: bool
+    last: bool
 
 
-def plan(steps: int, t_end: float, final_noise: bool) -> Iterator[tuple[int, float, float, bool]]:
-    """(k, t_k, t_{k+1}, add noise?) for every step. The last step adds no noise unless asked:
-    DDPM sets z = 0 at the last step (Ho et al. 2020, Alg. 2) and the score-SDE predictors return
-    the last mean (SAMPLERS.md 1.3 (a))."""
+def plan(schedule: Schedule, final_noise: bool) -> list[Stage]:
+    """The stages of a run. The last step adds no noise unless asked: DDPM sets z = 0 at the last
+    step (Ho et al. 2020, Alg. 2) and the score-SDE predictors return the last mean
+    (SAMPLERS.md 1.3 (a))."""
+    n = len(schedule)
+    return [
+        Stage(k, t, t_next, final_noise or k < n - 1, k == n - 1)
+        for k, (t, t_next) in enumerate(schedule)
+    ]
+
+
+def check_steps(steps: int) -> int:
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    grid = time_grid(steps, t_end)
-    for k in range(steps):
-        yield k, grid[k], grid[k + 1], final_noise or k < steps - 1
+    return steps
+
+
+def context_kwargs(spec: SamplerSpec, stage: Stage, state: Tensor | None) -> dict[str, Any]:
+    """The context a step function asked for in ``spec.context``."""
+    available = {"state": state, "last": stage.last, "k": stage.k}
+    return {name: available[name] for name in spec.context}
+
+
+class CountingScore:
+    """A score callable that counts its calls: one call on a batch is one NFE per sample."""
+
+    def __init__(self, score: Score) -> None:
+        self.score, self.calls = score, 0
+
+    def __call__(self, x: Tensor, t: float) -> Tensor:
+        self.calls += 1
+        return self.score(x, t)
+
+
+def tweedie(score: Score, process: Process, x: Tensor, t: float) -> Tensor:
+    """Final Tweedie denoise E[x_0 | x_t = x] = (x + sigma(t)^2 s(x, t)) / alpha(t)
+    (SAMPLERS.md 2.10; VE: x + sigma^2 s). One NFE."""
+    return (x + process.sigma(t) ** 2 * score(x, t)) / process.alpha(t)
+
+
+def prepare(
+    spec: SamplerSpec, process: Process, steps: int, t_end: float | None, options: Mapping
+) -> tuple[float, dict[str, Any], Schedule]:
+    """Validated end time, resolved options and the schedule of a run."""
+    check_steps(steps)
+    t_end = check_t_end(process, t_end)
+    opts = spec.resolve_options(options)
+    if spec.validate is not None:
+        spec.validate(process, steps, t_end, opts)
+    return t_end, opts, spec.schedule(process, steps, t_end, opts)
 
 
 def run_chain(
@@ -165,17 +249,37 @@ def run_chain(
     noise: PerSampleNoise,
     t_end: float | None = None,
     final_noise: bool = False,
+    denoise: bool = False,
     **options: Any,
 ) -> SampleResult:
-    """Run a Gaussian-kernel sampler: x <- mean(x) + std z at every step of ``plan``."""
-    t_end = check_t_end(process, t_end)
-    opts = spec.resolve_options(options)
-    for k, t, t_next, noisy in plan(steps, t_end, final_noise):
-        tr = spec.step(score, process, x, t, t_next, **opts)
-        x = tr.mean + tr.std * noise.draw(k, tr.mean) if noisy and tr.std > 0 else tr.mean
+    """Run a Gaussian-kernel sampler: x <- mean(x) + std z at every stage of its schedule, then
+    optionally the Tweedie denoise at t_end."""
+    t_end, opts, schedule = prepare(spec, process, steps, t_end, options)
+    counted = CountingScore(score)
+    noise = noise.for_schedule(schedule)
+    state = None
+    for st in plan(schedule, final_noise):
+        tr = spec.step(
+            counted, process, x, st.t, st.t_next, **context_kwargs(spec, st, state), **opts
+        )
+        state = tr.state
+        x = tr.mean + tr.std * noise.draw(st.k, tr.mean) if st.noisy and tr.std > 0 else tr.mean
         if not torch.isfinite(x).all():
-            raise DivergenceError(spec.name, k + 1, t, t_next)
-    return SampleResult(x, steps * spec.nfe_per_step, t_end, {"options": opts})
+            raise DivergenceError(spec.name, st.k + 1, st.t, st.t_next)
+    if denoise:
+        x = tweedie(counted, process, x, t_end)
+    info = {"options": opts, "denoised": denoise, "score_calls": counted.calls}
+    return SampleResult(x, counted.calls, t_end, info)
+
+
+def run_sampler(
+    spec: SamplerSpec, score: Score, process: Process, x: Tensor, steps: int, **kwargs: Any
+) -> SampleResult:
+    """Run any registered sampler (its Gaussian-kernel chain or its own run function)."""
+    check_states(x)
+    if spec.run is not None:
+        return spec.run(score, process, x, steps, **kwargs)
+    return run_chain(spec, score, process, x, steps, **kwargs)
 
 
 def check_states(x: Tensor) -> None:
