@@ -3,8 +3,8 @@
 from convergence.samplers import discrete, ode, sde
 from convergence.samplers.base import (
     Claim,
-    DivergenceError,
     CountingScore,
+    DivergenceError,
     SampleResult,
     SamplerSpec,
     Transition,

@@ -47,3 +47,20 @@ def test_consecutive_steps_are_uncorrelated():
     z0 = normal(0, torch.arange(40_000), 0, 1)
     z1 = normal(0, torch.arange(40_000), 1, 1)
     assert abs(float(torch.corrcoef(torch.cat([z0, z1], 1).T)[0, 1])) < 5 / 200
+
+
+def test_brownian_paths_are_shared_across_doublings():
+    """The increment of a coarse step is the sum of the fine increments it covers."""
+    from convergence.noise import BrownianNoise
+
+    def increments(T):
+        schedule = [(1 - k / T, 1 - (k + 1) / T) for k in range(T)]
+        run = BrownianNoise(seed=3).for_schedule(schedule)
+        like = torch.zeros(4000, 2, dtype=torch.float64)
+        return torch.stack([run.draw(k, like) for k in range(T)])  # z_k = dB sqrt(T)
+
+    coarse, fine, finer = increments(5), increments(10), increments(20)
+    assert torch.allclose(coarse, (fine[0::2] + fine[1::2]) / 2**0.5, atol=1e-13)
+    assert torch.allclose(fine, (finer[0::2] + finer[1::2]) / 2**0.5, atol=1e-13)
+    assert abs(float(finer.std()) - 1) < 0.02 and abs(float(finer.mean())) < 0.02
+    assert not torch.allclose(increments(6)[:5], coarse)  # another odd base, another path
