@@ -1,6 +1,6 @@
 """The sampler registry: every sampler by name, with its spec (family, NFE, order, claims)."""
 
-from convergence.samplers import discrete, ode, sde
+from convergence.samplers import annealed, discrete, ggf, ode, score_sde, sde
 from convergence.samplers.base import (
     Claim,
     CountingScore,
@@ -14,7 +14,14 @@ from convergence.samplers.base import (
     tweedie,
 )
 
-REGISTRY = make_registry(*discrete.SPECS, *sde.SPECS, *ode.SPECS)
+REGISTRY = make_registry(
+    *discrete.SPECS,
+    *sde.SPECS,
+    *ode.SPECS,
+    *score_sde.SPECS,
+    *annealed.SPECS,
+    *ggf.SPECS,
+)
 
 
 def get_spec(name: str | SamplerSpec) -> SamplerSpec:
