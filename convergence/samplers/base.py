@@ -125,6 +125,7 @@ class SamplerSpec:
     choices: Mapping[str, tuple] = field(default_factory=dict)
     affine: bool = True
     brownian: bool = False
+    processes: tuple[str, ...] = ("vp", "ve")
     validate: Callable[[Process, int, float, Mapping[str, Any]], None] | None = None
 
     def __post_init__(self) -> None:
@@ -232,6 +233,11 @@ def prepare(
 ) -> tuple[float, dict[str, Any], Schedule]:
     """Validated end time, resolved options and the schedule of a run."""
     check_steps(steps)
+    if process.name not in spec.processes:
+        raise ValueError(
+            f"sampler {spec.name!r} runs on the {'/'.join(spec.processes)} process, "
+            f"not {process.name}"
+        )
     t_end = check_t_end(process, t_end)
     opts = spec.resolve_options(options)
     if spec.validate is not None:
