@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from itertools import pairwise
 
 from analytic.processes import PROCESSES, make_process
-from convergence.evaluators import EVALUATORS, INITS
+from convergence.evaluators import EVALUATORS, INITS, NOISES
 from convergence.evaluators.gaussian import METRICS
 from convergence.experiment import measure_rate
 from convergence.rates import local_slopes
@@ -86,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--t-end", type=float, default=None, help="end time (default: the process's)")
     p.add_argument("--init", default="exact", choices=list(INITS))
     p.add_argument(
+        "--noise",
+        default="independent",
+        choices=list(NOISES),
+        help="brownian: runs with T and 2T steps share one Brownian path",
+    )
+    p.add_argument(
+        "--denoise",
+        action="store_true",
+        help="final Tweedie denoise (the reference becomes its exact push-forward)",
+    )
+    p.add_argument(
         "--option",
         type=_option,
         action="append",
@@ -125,11 +136,13 @@ def cmd_samplers(args) -> int:
             )
         )
         return 0
-    print(f"{'name':<12} {'family':<16} {'stochastic':<10} {'NFE/step':>8} {'order':>6}")
+    head = f"{'name':<15} {'family':<22} {'stochastic':<10} {'NFE/step':>8} {'order':>6}  claimed"
+    print(head)
     for s in specs:
+        claimed = "; ".join(f"{c.metric} T^-{c.exponent:g}" for c in s.claims) or "-"
         print(
-            f"{s.name:<12} {s.family:<16} {'yes' if s.stochastic else 'no':<10} "
-            f"{s.nfe_per_step:>8} {_fmt(s.expected_order, 'g'):>6}"
+            f"{s.name:<15} {s.family:<22} {'yes' if s.stochastic else 'no':<10} "
+            f"{s.nfe_per_step:>8} {_fmt(s.expected_order, 'g'):>6}  {claimed}"
         )
     return 0
 
@@ -167,6 +180,8 @@ def cmd_rate(args) -> int:
         seed=args.seed,
         t_end=args.t_end,
         init=args.init,
+        noise=args.noise,
+        denoise=args.denoise,
         progress=_progress if show else None,
         **dict(args.option),
     )
