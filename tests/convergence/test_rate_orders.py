@@ -62,16 +62,16 @@ def heun_wrong_weights(score, process, x, t, t_next):
     return Transition(x + dt * (0.25 * k1 + 0.75 * k2), 0.0)
 
 
-def ddim_wrong_coefficient(score, process, x, t, t_next):
+def ddim_wrong_coefficient(score, process, x, t, t_next, **options):
     """DDIM with the noise direction scaled by b (current) instead of b' (next): inconsistent."""
     a, b, a_next = process.alpha(t), process.sigma(t), process.alpha(t_next)
     s = score(x, t)
     return Transition(a_next * (x + b * b * s) / a - b * b * s, 0.0)
 
 
-def ddpm_double_noise(score, process, x, t, t_next, *, variance):
+def ddpm_double_noise(score, process, x, t, t_next, **options):
     """DDPM injecting twice the transition variance: the output law is too wide for every T."""
-    tr = ddpm_step(score, process, x, t, t_next, variance=variance)
+    tr = ddpm_step(score, process, x, t, t_next, **options)
     return Transition(tr.mean, tr.std * 2**0.5)
 
 

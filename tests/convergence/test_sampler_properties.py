@@ -24,6 +24,8 @@ STEPS = 4
 # Adaptive error control measures |x| (mixed absolute/relative tolerances), so a shift of the
 # target changes the accepted step sizes: equivariance holds only up to the tolerance.
 NOT_TRANSLATION_EQUIVARIANT = {"ggf", "ode-rk45"}
+# scipy's RK45 error norm is per coordinate, so a rotation changes the accepted steps.
+NOT_ROTATION_EQUIVARIANT = {"ode-rk45"}
 
 
 def process_for(spec):
@@ -62,9 +64,11 @@ def test_shape_dtype_seed_and_nfe(name):
     a = run(name, target, x, seed=4)
     assert a.x.shape == x.shape and a.x.dtype == torch.float64 and a.x.device == x.device
     assert torch.equal(a.x, run(name, target, x, seed=4).x)
-    assert a.nfe == a.info["score_calls"] >= 1
+    # NFE per sample is counted through the score callable; samplers that solve samples
+    # separately (per-sample adaptive steps) report the maximum over the batch
+    assert a.info["score_calls"] >= a.nfe >= 1
     if spec.run is None:  # fixed-step chains: the counted NFE is the declared NFE per step
-        assert a.nfe == STEPS * spec.nfe_per_step
+        assert a.nfe == a.info["score_calls"] == STEPS * spec.nfe_per_step
     b = run(name, target, x.float(), seed=4)
     assert b.x.dtype == torch.float32
     assert torch.allclose(b.x.double(), a.x, rtol=1e-3, atol=1e-3)
@@ -120,7 +124,10 @@ def rotation(angle: float) -> torch.Tensor:
     return torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if not REGISTRY[n].stochastic])
+@pytest.mark.parametrize(
+    "name",
+    [n for n in NAMES if not REGISTRY[n].stochastic and n not in NOT_ROTATION_EQUIVARIANT],
+)
 @settings(max_examples=5)
 @given(angle=angles)
 def test_rotation_equivariance_pathwise(name, angle):
