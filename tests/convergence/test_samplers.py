@@ -173,7 +173,7 @@ def test_divergence_names_step_and_time():
         (dict(steps=0), "steps must be an integer >= 1"),
         (dict(steps=2.5), "steps must be an integer >= 1"),
         (dict(t_end=0.0), r"t_end must lie in \(0, 1\)"),
-        (dict(variance="beta"), "sampler 'ddim' has no option 'variance'; allowed: none"),
+        (dict(variance="beta"), "sampler 'ddim' has no option 'variance'; allowed: eta, spacing"),
         (dict(x=torch.zeros(3)), r"shape \(n, d\)"),
         (dict(x=torch.full((2, 2), math.nan, dtype=torch.float64)), "must be finite"),
     ],
