@@ -247,7 +247,7 @@ def test_li_accel_ddim_first_step_is_ddim_and_samples_match_propagation():
 
 def test_li_accel_ddim_refuses_ve():
     x = torch.zeros(2, 2, dtype=torch.float64)
-    with pytest.raises(ValueError, match="'li-accel-ddim' needs a variance-preserving process"):
+    with pytest.raises(ValueError, match="'li-accel-ddim' runs on the vp process, not ve"):
         convergence.sample("li-accel-ddim", gaussian_target(2).score_fn(VE()), VE(), x, 4)
 
 
