@@ -44,7 +44,11 @@ _GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE: ATen runs elementwise ops in pa
 
 
 def _as_float64(name: str, value) -> Tensor:
-    t = torch.as_tensor(value)
+    """value as a float64 tensor (lists and scalars are read in float64, not via float32)."""
+    try:
+        t = value if isinstance(value, Tensor) else torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name} must be real numbers") from None
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
         raise ValueError(f"{name} must be real numbers, got dtype {t.dtype}")
     t = t.to(torch.float64)

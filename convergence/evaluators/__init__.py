@@ -117,9 +117,10 @@ def error(
     reference = target.noised(process, t_end)
     score = CountingScore(target.score_fn(process))
     common = dict(t_end=t_end, final_noise=final_noise, denoise=denoise, **options)
+    denoised = spec.output_is_denoised(spec.resolve_options(options), denoise)
     if kind == "gaussian":
         ref = exact.law_of(reference)
-        if denoise:
+        if denoised:
             ref = exact.push_forward(
                 lambda x: tweedie(target.score_fn(process), process, x, t_end), ref
             )
@@ -150,7 +151,7 @@ def error(
 
     def sample_reference(m: int, s: int) -> torch.Tensor:
         x = reference.sample(m, s)
-        return tweedie(target.score_fn(process), process, x, t_end) if denoise else x
+        return tweedie(target.score_fn(process), process, x, t_end) if denoised else x
 
     est = w2_against_reference(result.x, sample_reference, seed=2 * seed + 1)
     return ErrorEstimate(

@@ -102,7 +102,13 @@ def propagate(
         def step(z: Tensor, st=st, width=state_width, found=found) -> Tensor:
             state = z[:, d:] if width else None
             tr = spec.step(
-                score, process, z[:, :d], st.t, st.t_next, **context_kwargs(spec, st, state), **opts
+                score,
+                process,
+                z[:, :d],
+                st.t,
+                st.t_next,
+                **context_kwargs(spec, st, state, t_end),
+                **opts,
             )
             found["std"], found["width"] = tr.std, 0 if tr.state is None else tr.state.shape[1]
             return tr.mean if tr.state is None else torch.cat([tr.mean, tr.state], dim=1)

@@ -20,8 +20,8 @@ evaluator applies. The output approximates the marginal at t_end (sigma_L). Fina
 x + sigma_L^2 s(x, sigma_L) after the last step (+1 NFE); option ``denoise_last`` is the reference
 code's variant, which re-uses the last evaluation (0 extra NFE): the last step returns the EDS of
 the state *before* it, x_pre + sigma_L^2 s(x_pre, sigma_L), with no noise. Both outputs
-approximate the law of the exact Tweedie denoiser applied to X ~ p_{sigma_L}; the evaluator uses
-that reference only with ``denoise=True`` (it does not see ``denoise_last``).
+approximate the law of the exact Tweedie denoiser applied to X ~ p_{sigma_L}, and the evaluator
+compares either with that reference (the specs declare ``denoised_output``).
 
 CAS keeps the idealised single-point sample exactly on the ladder (SAMPLERS.md 4.3); for a
 Gaussian target N(mu, s^2 I) one level misses the next marginal variance by
@@ -191,6 +191,7 @@ ALS = SamplerSpec(
     choices={"denoise_last": (False, True)},
     processes=("ve",),
     validate=validate_als,
+    denoised_output=lambda options: options["denoise_last"],
 )
 
 CAS = SamplerSpec(
@@ -207,6 +208,7 @@ CAS = SamplerSpec(
     choices={"denoise_last": (False, True)},
     processes=("ve",),
     validate=validate_cas,
+    denoised_output=lambda options: options["denoise_last"],
 )
 
 SPECS = (ALS, CAS)

@@ -20,7 +20,7 @@ Multistep samplers carry affine side quantities from step to step in ``Transitio
 (n, k) tensor, e.g. the previous noise prediction); exact propagation treats them as extra
 coordinates of a joint Gaussian. A step function asks for the context it needs by listing it in
 ``SamplerSpec.context``: ``state`` (the previous state, None at the first step), ``last`` (True at
-the final step) and ``k`` (the step index).
+the final step), ``k`` (the step index) and ``t_end``.
 
 Samplers that are not a chain of Gaussian kernels (adaptive step sizes, batch-dependent step
 sizes, momentum) give a ``run`` function with the same call signature as ``run_chain`` instead.
@@ -127,6 +127,12 @@ class SamplerSpec:
     brownian: bool = False
     processes: tuple[str, ...] = ("vp", "ve")
     validate: Callable[[Process, int, float, Mapping[str, Any]], None] | None = None
+    denoised_output: Callable[[Mapping[str, Any]], bool] | None = None
+
+    def output_is_denoised(self, options: Mapping[str, Any], denoise: bool) -> bool:
+        """Whether the output approximates the Tweedie push-forward of q_t_end rather than q_t_end
+        itself: the generic final denoise, or a sampler's own (e.g. CAS re-using its last score)."""
+        return denoise or (self.denoised_output is not None and self.denoised_output(options))
 
     def __post_init__(self) -> None:
         if (self.step is None) == (self.run is None):
@@ -205,9 +211,11 @@ def check_steps(steps: int) -> int:
     return steps
 
 
-def context_kwargs(spec: SamplerSpec, stage: Stage, state: Tensor | None) -> dict[str, Any]:
+def context_kwargs(
+    spec: SamplerSpec, stage: Stage, state: Tensor | None, t_end: float
+) -> dict[str, Any]:
     """The context a step function asked for in ``spec.context``."""
-    available = {"state": state, "last": stage.last, "k": stage.k}
+    available = {"state": state, "last": stage.last, "k": stage.k, "t_end": t_end}
     return {name: available[name] for name in spec.context}
 
 
@@ -266,7 +274,7 @@ def run_chain(
     state = None
     for st in plan(schedule, final_noise):
         tr = spec.step(
-            counted, process, x, st.t, st.t_next, **context_kwargs(spec, st, state), **opts
+            counted, process, x, st.t, st.t_next, **context_kwargs(spec, st, state, t_end), **opts
         )
         state = tr.state
         x = tr.mean + tr.std * noise.draw(st.k, tr.mean) if st.noisy and tr.std > 0 else tr.mean
@@ -274,7 +282,11 @@ def run_chain(
             raise DivergenceError(spec.name, st.k + 1, st.t, st.t_next)
     if denoise:
         x = tweedie(counted, process, x, t_end)
-    info = {"options": opts, "denoised": denoise, "score_calls": counted.calls}
+    info = {
+        "options": opts,
+        "denoised": spec.output_is_denoised(opts, denoise),
+        "score_calls": counted.calls,
+    }
     return SampleResult(x, counted.calls, t_end, info)
 
 

@@ -13,7 +13,7 @@ from analytic.processes import VE, VP
 from convergence.evaluators import gaussian as exact
 from convergence.samplers import REGISTRY, Transition
 from convergence.samplers.annealed import ALS, CAS, als_step, cas_schedule, cas_step
-from convergence.targets import random_gmm
+from convergence.targets import gaussian_target, random_gmm
 
 MU = torch.tensor([0.7, -1.2], dtype=torch.float64)
 EYE = torch.eye(2, dtype=torch.float64)
@@ -288,3 +288,14 @@ def test_cas_consistency_bound():
     convergence.sample("cas", lambda x, t: -x, ve, x, 10, eta=1.01 * (1 - gamma))
     _refused("cas", steps=2, eta=0.9)  # gamma = 2e-4: the interval is (0.9998, 1.0002)
     convergence.sample("cas", lambda x, t: -x, ve, x, 2, eta=0.9, n_sigma=20)  # 21 levels
+
+
+@pytest.mark.parametrize("name", ["als", "cas"])
+def test_denoise_last_is_compared_with_the_denoised_reference(name):
+    """The re-used-evaluation EDS and the generic Tweedie step approximate the same law, and the
+    evaluator measures both against the Tweedie push-forward of the marginal at t_end."""
+    target, ve = gaussian_target(2), VE()
+    reuse = convergence.error(name, target, ve, 160, metric="w2", denoise_last=True)
+    generic = convergence.error(name, target, ve, 160, metric="w2", denoise=True)
+    assert reuse.nfe == generic.nfe - 1
+    assert abs(reuse.value - generic.value) < 0.2 * generic.value
