@@ -40,6 +40,7 @@ import torch
 from analytic.processes import Process
 from convergence.noise import PerSampleNoise
 from convergence.samplers.base import (
+    Claim,
     CountingScore,
     DivergenceError,
     SampleResult,
@@ -421,7 +422,14 @@ AMS = SamplerSpec(
     expected_order=None,  # no rate known (SAMPLERS.md 6.5)
     run=ams_run,
     citation=WEN + " (LangevinCorrectorMomentum)",
-    claims=(),
+    claims=(
+        Claim(
+            "speedup",
+            0.0,
+            "2-5x speed-up at small step counts (Wen et al. 2024, arXiv 2405.13726; empirical, "
+            "protocol unknown)",
+        ),
+    ),
     options={**PC_OPTIONS, "momentum": "adaptive"},
     choices={**PC_CHOICES, "momentum": ("adaptive", "lagged", "off")},
     validate=validate_pc,
@@ -438,7 +446,11 @@ LANGEVIN = SamplerSpec(
     run=langevin_run,
     schedule=fixed_level_schedule,
     citation="Unadjusted Langevin (Roberts & Tweedie 1996); " + SONG + " (LangevinCorrector)",
-    claims=(),
+    claims=(
+        Claim(
+            "kl-bias-h", 2.0, "ULA stationary bias KL O(h^2) (Mou et al. 2019, arXiv 1907.11331)"
+        ),
+    ),
     options={"mode": "fixed", "h": 0.01, "snr": None, "norm": "batch"},
     choices={"mode": ("fixed", "snr"), "norm": ("batch", "per-sample")},
     validate=validate_langevin,
