@@ -309,12 +309,48 @@ class GaussianMixture:
         return xi.to(dtype=dtype, device=device)
 
     def score_fn(self, process: Process) -> ScoreFn:
-        """score(x, t) = grad log p_t(x) for the marginals p_t of ``process``."""
+        """score(x, t) = grad log p_t(x) for the marginals p_t of ``process``.
+
+        t is one time for the batch (a float or a 1-element tensor) or a tensor of per-sample times
+        of shape (n,) for x of shape (n, d) (adaptive samplers).
+        """
 
         def score(x: Tensor, t: Time) -> Tensor:
+            if isinstance(t, Tensor) and t.numel() > 1:
+                return self.score_per_sample(x, process.alpha(t), process.sigma(t))
             return self.noised(process, t).score(x)
 
         return score
+
+    def score_per_sample(self, x: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        """grad log of the law of a_i X + b_i xi at x_i, one (a_i, b_i) per row of x (n, d).
+
+        Component k of row i has mean a_i mu_k, covariance Q_k diag(a_i^2 lambda_k + b_i^2) Q_k^T,
+        so with y_ik = Q_k^T (x_i - a_i mu_k) and P_ik = 1 / (a_i^2 lambda_k + b_i^2):
+            r_ik = softmax_k(log w_k + 1/2 sum_j (log P_ikj - P_ikj y_ikj^2)),
+            grad log p(x_i) = -sum_k r_ik Q_k (P_ik y_ik).
+        Cost O(n K d^2) for full and O(n K d) for isotropic/diagonal components.
+        """
+        xf, batch = self._flatten(x)
+        n = xf.shape[0]
+        if xf.ndim != 2 or len(batch) != 1:
+            raise ValueError(f"per-sample times need x of shape (n, {self.dim})")
+        a = torch.as_tensor(a, dtype=x.dtype, device=x.device).reshape(-1)
+        b = torch.as_tensor(b, dtype=x.dtype, device=x.device).reshape(-1)
+        if a.numel() != n or b.numel() != n:
+            raise ValueError(f"per-sample times must have shape ({n},), got {a.numel()} values")
+        lam = self._lam[:, None].expand(-1, self.dim) if self.kind == "isotropic" else self._lam
+        lam = lam.to(dtype=x.dtype, device=x.device)
+        mu = self.means.to(dtype=x.dtype, device=x.device)
+        diff = xf[:, None, :] - a[:, None, None] * mu
+        Q = None if self._basis is None else self._basis.stacks(x.dtype, x.device)[0]
+        y = diff if Q is None else torch.einsum("nkd,kde->nke", diff, Q)
+        P = 1.0 / (a[:, None, None] ** 2 * lam + b[:, None, None] ** 2)
+        logw = torch.log(self.weights).to(dtype=x.dtype, device=x.device)
+        r = _softmax(logw + 0.5 * (torch.log(P) - P * y * y).sum(-1))
+        g = r[:, :, None] * P * y
+        s = -(g.sum(1) if Q is None else torch.einsum("nke,kde->nd", g, Q))
+        return s.reshape(x.shape)
 
     def denoiser(self, process: Process) -> ScoreFn:
         """Tweedie denoiser D(x, t) = E[x_0 | x_t = x] = (x + sigma^2 grad log p_t(x)) / alpha."""

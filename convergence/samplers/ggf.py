@@ -18,13 +18,13 @@ step h_i and previous proposal x'_prev,i. One attempt (2 NFE) for the active sam
 until |t_i - t_end| <= 1e-6 for every sample; then the Tweedie denoise at t_end (+1 NFE). A
 rejected attempt leaves x, t, x'_prev unchanged and the next attempt draws a fresh z.
 
-Per-sample times. The score is called with one time per call. ``score_times="grouped"`` (default)
-evaluates s(x_i, t_i) by grouping the rows with equal t_i and calling score(x_group, float(t)) once
-per distinct time; after the first attempt the times of a batch are all distinct, so one round
-costs up to n score calls on single rows (about 0.4 ms each for a small GMM: n = 2000 samples and
-100 attempts take minutes). ``score_times="tensor"`` makes one call score(x, t) with t a (m,)
-float64 tensor of per-sample times, for scores that accept it (a per-sample-time closed form, a
-network taking a time vector). Both give the same numbers up to rounding.
+Per-sample times. ``score_times="tensor"`` (default) makes one call score(x, t) with t a (m,)
+float64 tensor of per-sample times; the package's GaussianMixture.score_fn accepts that.
+``score_times="grouped"``, for scores that take only one time per call, evaluates s(x_i, t_i)
+by grouping the rows with equal t_i and calling score(x_group, float(t)) once per distinct time;
+after the first attempt the times of a batch are all distinct, so one round costs up to n score
+calls on single rows (about 0.4 ms each for a small GMM: n = 2000 samples and 100 attempts take
+minutes). Both give the same numbers up to rounding.
 
 NFE. Every evaluation round goes through one ``CountingScore`` (one call = one NFE for each row it
 is given) and each row's count is recorded: info["nfe_per_sample"] = 2 x attempts + 1 per sample,
@@ -301,7 +301,7 @@ GGF = SamplerSpec(
         "extrapolation": True,
         "error_use_prev": True,
         "tweedie": "paper",
-        "score_times": "grouped",
+        "score_times": "tensor",
         "max_attempts": 100_000,
     },
     choices={

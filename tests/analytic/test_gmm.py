@@ -166,4 +166,20 @@ def test_input_validation():
     with pytest.raises(ValueError, match="floating-point"):
         gmm.log_prob(torch.zeros(4, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="time must be a scalar"):
-        gmm.score_fn(VP())(torch.zeros(4, 3, dtype=torch.float64), torch.rand(4))
+        gmm.noised(VP(), torch.rand(4))
+    with pytest.raises(ValueError, match=r"per-sample times must have shape \(4,\)"):
+        gmm.score_fn(VP())(torch.zeros(4, 3, dtype=torch.float64), torch.rand(3))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_per_sample_times_match_scalar_times(kind):
+    """score(x, t) with one time per row equals the row-by-row scalar-time score."""
+    gmm = random_mixture(9, 3, 3, kind)
+    vp = VP()
+    x = torch.randn(6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([1e-3, 0.1, 0.1, 0.5, 0.9, 1.0], dtype=torch.float64)
+    score = gmm.score_fn(vp)
+    rows = torch.stack([score(x[i : i + 1], float(t[i]))[0] for i in range(6)])
+    assert torch.allclose(score(x, t), rows, rtol=1e-11, atol=1e-11)
+    with pytest.raises(ValueError, match=r"per-sample times must have shape \(6,\)"):
+        score(x, t[:3])

@@ -49,6 +49,14 @@ def run(target, x, process=VP_, seed=0, tensor=True, **options):
     return convergence.sample("ggf", score, process, x, 1, seed=seed, score_times=mode, **options)
 
 
+def test_package_score_takes_per_sample_times():
+    target = random_gmm(2, 4, 0)
+    x = target.noised(VP_, 0.3).sample(50, seed=1)
+    t = torch.linspace(1e-3, 1.0, 50, dtype=torch.float64)
+    ours = target.score_fn(VP_)(x, t)
+    assert torch.allclose(ours, per_sample_score(target, VP_)(x, t), rtol=1e-11, atol=1e-11)
+
+
 def test_per_sample_score_matches_the_mixture_score():
     target = random_gmm(2, 4, 0)
     x = target.noised(VP_, 0.3).sample(50, seed=1)
@@ -159,7 +167,7 @@ def test_nfe_accounting(variant):
     # grouping: one raw call per distinct time, so far more raw calls than rounds
     assert info["score_batches"] > 4 * info["score_calls"]
     counted = convergence.samplers.CountingScore(target.score_fn(VP_))
-    again = convergence.sample("ggf", counted, VP_, x, 1, tweedie=variant)
+    again = convergence.sample("ggf", counted, VP_, x, 1, tweedie=variant, score_times="grouped")
     assert counted.calls == info["score_batches"] and torch.equal(again.x, out.x)
 
 
@@ -172,7 +180,7 @@ def test_grouped_and_tensor_times_agree_and_steps_is_ignored():
     assert torch.equal(grouped.info["nfe_per_sample"], tensor.info["nfe_per_sample"])
     assert tensor.info["score_batches"] == tensor.info["score_calls"]
     score = target.score_fn(VP_)
-    many = convergence.sample("ggf", score, VP_, x, 500, seed=0)
+    many = convergence.sample("ggf", score, VP_, x, 500, seed=0, score_times="grouped")
     assert torch.equal(many.x, grouped.x)
 
 
@@ -235,7 +243,7 @@ def test_brownian_noise_cap_and_divergence():
         return s(y, t) * (float("nan") if t < 0.5 else 1.0)
 
     with pytest.raises(DivergenceError, match=r"'ggf' diverged: non-finite state at step \d+"):
-        convergence.sample("ggf", broken, VP_, x, 1)
+        convergence.sample("ggf", broken, VP_, x, 1, score_times="grouped")
 
 
 # ---- tolerance sweep: the output law as eps -> 0 ---------------------------------------------
