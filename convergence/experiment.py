@@ -74,6 +74,11 @@ def measure_rate(
     ``convergence.error``.
     """
     spec = get_spec(sampler_name)
+    if spec.adaptive:
+        raise ValueError(
+            f"sampler {spec.name!r} is adaptive: its accuracy is set by its tolerances, not by a "
+            "step count, so a rate over steps does not apply"
+        )
     steps = list(steps)
     if len(steps) < 2 or any(b <= a for a, b in pairwise(steps)):
         raise ValueError(f"steps must be at least two strictly increasing counts, got {steps}")

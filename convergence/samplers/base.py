@@ -126,6 +126,7 @@ class SamplerSpec:
     affine: bool = True
     brownian: bool = False
     processes: tuple[str, ...] = ("vp", "ve")
+    adaptive: bool = False  # accuracy set by tolerances; the step count is ignored
     validate: Callable[[Process, int, float, Mapping[str, Any]], None] | None = None
     denoised_output: Callable[[Mapping[str, Any]], bool] | None = None
 

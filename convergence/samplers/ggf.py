@@ -281,6 +281,7 @@ def validate(process: Process, steps: int, t_end: float, opts: Mapping[str, Any]
 GGF = SamplerSpec(
     name="ggf",
     family="adaptive",
+    adaptive=True,
     stochastic=True,
     nfe_per_step=2,
     expected_order=None,

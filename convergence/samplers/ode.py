@@ -337,6 +337,7 @@ ODE_HEUN = SamplerSpec(
 ODE_RK45 = SamplerSpec(
     name="ode-rk45",
     family="ODE (adaptive)",
+    adaptive=True,
     stochastic=False,
     nfe_per_step=6,
     expected_order=None,

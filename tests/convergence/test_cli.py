@@ -141,3 +141,8 @@ def test_console_entry_point_runs():
     )
     assert proc.returncode == 0, proc.stderr
     assert "fitted slope" in proc.stdout and "expected slope -2.00" in proc.stdout
+
+
+def test_rate_refuses_adaptive_samplers(capsys):
+    assert main(["rate", "--sampler", "ggf"]) == 2
+    assert "is adaptive" in capsys.readouterr().err
