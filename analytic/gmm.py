@@ -311,12 +311,14 @@ class GaussianMixture:
     def score_fn(self, process: Process) -> ScoreFn:
         """score(x, t) = grad log p_t(x) for the marginals p_t of ``process``.
 
-        t is one time for the batch (a float or a 1-element tensor) or a tensor of per-sample times
-        of shape (n,) for x of shape (n, d) (adaptive samplers).
+        t is one time for the batch (a float or a 0-dim tensor) or a tensor of per-sample times of
+        shape (n,) for x of shape (n, d) (adaptive samplers).
         """
 
         def score(x: Tensor, t: Time) -> Tensor:
-            if isinstance(t, Tensor) and t.numel() > 1:
+            if isinstance(t, Tensor) and t.ndim >= 1 and (t.numel() > 1 or x.ndim == 2):
+                # one time per row (also for a single row, so that a sample's score does not
+                # depend on how many samples share the call)
                 return self.score_per_sample(x, process.alpha(t), process.sigma(t))
             return self.noised(process, t).score(x)
 

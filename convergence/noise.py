@@ -48,13 +48,16 @@ def _uniform(bits: Tensor) -> Tensor:
     return (_srl(bits, 11).to(torch.float64) + 0.5) * 2.0**-53
 
 
-def stream_keys(seed: int, indices: Tensor, step: int) -> Tensor:
-    """Key of sample i at step k: mix(mix(mix(seed) + i) + k)."""
+def stream_keys(seed: int, indices: Tensor, step: int | Tensor) -> Tensor:
+    """Key of sample i at step k: mix(mix(mix(seed) + i) + k); k may be one per sample."""
     s = mix64(torch.tensor(int(seed) & ((1 << 63) - 1), dtype=torch.int64, device=indices.device))
-    return mix64(mix64(s + indices.to(torch.int64)) + int(step))
+    k = step.to(torch.int64) if isinstance(step, Tensor) else int(step)
+    return mix64(mix64(s + indices.to(torch.int64)) + k)
 
 
-def normal(seed: int, indices: Tensor, step: int, d: int, *, dtype=torch.float64) -> Tensor:
+def normal(
+    seed: int, indices: Tensor, step: int | Tensor, d: int, *, dtype=torch.float64
+) -> Tensor:
     """Standard normals of shape (len(indices), d) for samples ``indices`` at step ``step``.
 
     Coordinates 2m and 2m+1 of sample i come from one Box-Muller pair: with uniforms u1, u2 from the
@@ -169,3 +172,44 @@ class _BrownianRun:
         b1 = self._path(step + 1, idx, d)
         self._last = (step + 1, b1)
         return ((b1 - b0) * math.sqrt(T)).to(like.dtype)
+
+
+_TREE_DOMAIN = 0x54524545  # separates Brownian-tree streams from the other streams of one seed
+
+
+@dataclass(frozen=True)
+class BrownianTree:
+    """One Brownian path B per sample on u in [0, 1], queried at arbitrary per-sample times.
+
+    B(0) = 0 and B(1) ~ N(0, I); B at any u is found by bisection: on the dyadic interval
+    [l, r] containing u, the midpoint is B(m) = (B(l) + B(r)) / 2 + sqrt((r - l) / 4) xi, with xi
+    from the counter-based stream keyed by (seed, sample, level, node), down to ``depth`` levels,
+    then linear interpolation (error ~ 2^(-depth/2)). Every query of a sample reads the same path,
+    so adaptive solvers that retry a rejected step on the same path (rejection sampling with
+    memory) and runs at different tolerances are coupled through it.
+    """
+
+    seed: int = 0
+    offset: int = 0
+    depth: int = 32
+
+    def value(self, rows: Tensor, u: Tensor, d: int) -> Tensor:
+        """B_i(u_i) for the samples ``rows`` (indices within the batch), float64 (len(rows), d)."""
+        idx = rows.to(torch.int64) + self.offset
+        seed = self.seed ^ _TREE_DOMAIN
+        u = u.to(torch.float64)
+        lo, hi = torch.zeros_like(u), torch.ones_like(u)
+        b_lo = torch.zeros(len(idx), d, dtype=torch.float64, device=u.device)
+        b_hi = normal(seed, idx, 0, d)
+        node = torch.zeros_like(idx)
+        for level in range(1, self.depth + 1):
+            mid = 0.5 * (lo + hi)
+            xi = normal(seed, idx, (level << 52) + node, d)
+            b_mid = 0.5 * (b_lo + b_hi) + torch.sqrt(0.25 * (hi - lo))[:, None] * xi
+            left = u < mid
+            b_hi = torch.where(left[:, None], b_mid, b_hi)
+            b_lo = torch.where(left[:, None], b_lo, b_mid)
+            hi, lo = torch.where(left, mid, hi), torch.where(left, lo, mid)
+            node = 2 * node + (~left).to(torch.int64)
+        w = ((u - lo) / (hi - lo))[:, None]
+        return b_lo + w * (b_hi - b_lo)

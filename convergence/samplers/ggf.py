@@ -33,7 +33,11 @@ every round), info["score_batches"] = raw score calls actually made (the cost of
 
 Noise. Round k (0, 1, ...) draws noise.draw(k, x) for the whole batch and uses the rows of the
 active samples; every active sample is at its own attempt k in round k, so sample i's path depends
-on (seed, i) only: outputs do not depend on the batch size.
+on (seed, i) only: outputs do not depend on the batch size. With ``noise="brownian"`` each sample
+instead follows one Brownian path (``BrownianTree`` on u = (1 - t) / (1 - t_end)): the attempt
+from t to t - h uses z = (B(u(t - h)) - B(u(t))) / sqrt(u(t - h) - u(t)), and a rejected attempt
+is retried on the same path, as in rejection sampling with memory (Rackauckas & Nie 2017), not
+with a fresh z as in the paper. Runs at different tolerances then share one path.
 
 ``steps`` is ignored (an adaptive solver picks its own steps; it is only checked to be an integer
 >= 1); ``max_attempts`` caps the rounds and raises if the tolerances cannot be met within it.
@@ -54,7 +58,7 @@ from typing import Any
 import torch
 
 from analytic.processes import Process
-from convergence.noise import PerSampleNoise
+from convergence.noise import BrownianTree, PerSampleNoise
 from convergence.samplers.base import (
     CountingScore,
     DivergenceError,
@@ -164,12 +168,8 @@ def ggf_run(
     compares a denoised output with the Tweedie push-forward of q_t_end (the "code" variant then
     carries a relative bias 1 - alpha(t_end), 5e-5 on VP).
     """
-    if not isinstance(noise, PerSampleNoise):
-        raise ValueError(
-            "sampler 'ggf' draws a fresh z per attempted step and needs independent per-sample "
-            "noise (noise='independent'); Brownian-consistent noise needs a fixed uniform grid"
-        )
     t_end, opts, _ = prepare(GGF, process, steps, t_end, options)
+    tree = None if isinstance(noise, PerSampleNoise) else BrownianTree(noise.seed, noise.offset)
     opts["eps_abs"] = eps_abs_for(process, opts)
     x = x.clone()
     n, device = x.shape[0], x.device
@@ -180,6 +180,7 @@ def ggf_run(
     accepted = torch.zeros(n, dtype=torch.int64, device=device)
     rejected = torch.zeros_like(accepted)
     active = torch.ones(n, dtype=torch.bool, device=device)
+    b_now = torch.zeros(n, x.shape[1], dtype=torch.float64, device=device)  # B(u(t)), tree only
     k = 0
     while bool(active.any()):
         if k >= opts["max_attempts"]:
@@ -188,8 +189,13 @@ def ggf_run(
                 f"{opts['max_attempts']} attempted steps; loosen eps_rel/eps_abs or raise it"
             )
         rows = active.nonzero()[:, 0]
-        z = noise.draw(k, x)[rows]
         xa, ta, ha = x[rows], t[rows], h[rows]
+        if tree is None:
+            z = noise.draw(k, x)[rows]
+        else:
+            u0, u1 = (1.0 - ta) / (1.0 - t_end), (1.0 - (ta - ha)) / (1.0 - t_end)
+            b_next = tree.value(rows, u1, x.shape[1])
+            z = ((b_next - b_now[rows]) / torch.sqrt(u1 - u0)[:, None]).to(x.dtype)
         low, high = attempt(ev, process, xa, ta, ha, z, rows, opts["error_estimate"])
         # the checked value (in delta, stored as x'_prev) and the kept one: x', x'' with
         # extrapolation; swapped without it, as in the official code
@@ -201,6 +207,8 @@ def ggf_run(
             raise DivergenceError("ggf", k + 1, float(ta[i]), float(ta[i] - ha[i]))
         ok = err <= 1.0
         okc = ok[:, None]
+        if tree is not None:
+            b_now[rows] = torch.where(okc, b_next, b_now[rows])
         x[rows] = torch.where(okc, x2, xa)
         x_prev[rows] = torch.where(okc, x1, x_prev[rows])
         t_new = torch.where(ok, ta - ha, ta)
