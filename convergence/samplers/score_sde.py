@@ -256,15 +256,16 @@ def check_noise(name: str, noise: Any) -> None:
         )
 
 
-def _run(spec: SamplerSpec, make_corrector, score, process, x, steps, **kwargs) -> SampleResult:
-    """Shared body of the ``pc``, ``ams`` and snr-``langevin`` runs."""
+def _run(
+    name: str, make_corrector, score, process, x, t_end, opts, schedule, kwargs
+) -> SampleResult:
+    """Shared body of the ``pc``, ``ams`` and snr-``langevin`` runs (options already validated)."""
     noise, final_noise, denoise = kwargs["noise"], kwargs["final_noise"], kwargs["denoise"]
-    check_noise(spec.name, noise)
-    t_end, opts, schedule = prepare(spec, process, steps, kwargs["t_end"], kwargs["options"])
+    check_noise(name, noise)
     counted = CountingScore(score)
     corrector = make_corrector(default_snr(process, opts), opts)
     noise = noise.for_schedule(schedule)
-    x = pc_loop(spec.name, corrector, counted, process, x, schedule, noise, opts, final_noise)
+    x = pc_loop(name, corrector, counted, process, x, schedule, noise, opts, final_noise)
     if denoise:
         x = tweedie(counted, process, x, t_end)
     info = {"options": opts, "denoised": denoise, "score_calls": counted.calls}
@@ -284,14 +285,16 @@ def _ams_corrector(snr: float, opts: Mapping[str, Any]) -> AMSCorrector:
 
 def pc_run(score, process, x, steps, *, noise, t_end=None, final_noise=False, denoise=False, **o):
     """``pc``: score-SDE predictor-corrector with the Langevin corrector (``pc_loop``)."""
-    kw = dict(noise=noise, t_end=t_end, final_noise=final_noise, denoise=denoise, options=o)
-    return _run(PC, _langevin_corrector, score, process, x, steps, **kw)
+    t_end, opts, schedule = prepare(PC, process, steps, t_end, o)
+    kw = dict(noise=noise, final_noise=final_noise, denoise=denoise)
+    return _run(PC.name, _langevin_corrector, score, process, x, t_end, opts, schedule, kw)
 
 
 def ams_run(score, process, x, steps, *, noise, t_end=None, final_noise=False, denoise=False, **o):
     """``ams``: AMS-PC, the PC sampler whose corrector is AMS-LC (SAMPLERS.md 6.3)."""
-    kw = dict(noise=noise, t_end=t_end, final_noise=final_noise, denoise=denoise, options=o)
-    return _run(AMS, _ams_corrector, score, process, x, steps, **kw)
+    t_end, opts, schedule = prepare(AMS, process, steps, t_end, o)
+    kw = dict(noise=noise, final_noise=final_noise, denoise=denoise)
+    return _run(AMS.name, _ams_corrector, score, process, x, t_end, opts, schedule, kw)
 
 
 # ---- langevin on a fixed level -----------------------------------------------------------------
@@ -317,16 +320,16 @@ def langevin_run(
     """``langevin``: mode "fixed" runs the Gaussian-kernel chain ``LANGEVIN_FIXED`` (step h);
     mode "snr" runs the score-SDE Langevin corrector (``pc_loop`` with predictor "none", one
     corrector step per level, every level at t_end, a = 1)."""
-    kw = dict(noise=noise, t_end=t_end, final_noise=final_noise, denoise=denoise)
-    opts = prepare(LANGEVIN, process, steps, t_end, o)[1]  # validates all of langevin's options
+    kw = dict(noise=noise, final_noise=final_noise, denoise=denoise)
+    t_end, opts, schedule = prepare(LANGEVIN, process, steps, t_end, o)  # all options validated
     if opts["mode"] == "snr":
         loop = {**PC_OPTIONS, "snr": opts["snr"], "predictor": "none", "norm": opts["norm"]}
-        res = _run(
-            LANGEVIN_SNR_LOOP, _langevin_corrector, score, process, x, steps, **kw, options=loop
-        )
+        res = _run(LANGEVIN.name, _langevin_corrector, score, process, x, t_end, loop, schedule, kw)
     else:
         try:
-            res = run_chain(LANGEVIN_FIXED, score, process, x, steps, **kw, h=opts["h"])
+            res = run_chain(
+                LANGEVIN_FIXED, score, process, x, steps, t_end=t_end, **kw, h=opts["h"]
+            )
         except DivergenceError as exc:
             raise DivergenceError(LANGEVIN.name, exc.step, exc.t, exc.t_next) from None
     return SampleResult(res.x, res.nfe, res.t_end, {**res.info, "options": opts})
@@ -456,8 +459,8 @@ LANGEVIN = SamplerSpec(
     validate=validate_langevin,
 )
 
-# Unregistered helpers of ``langevin``: the fixed-h Gaussian-kernel chain (affine: use it with the
-# exact Gaussian evaluator) and the loop spec of the snr mode.
+# Unregistered helper of ``langevin``: the fixed-h Gaussian-kernel chain (affine: use it with the
+# exact Gaussian evaluator).
 LANGEVIN_FIXED = SamplerSpec(
     name="langevin-fixed",
     family="annealed Langevin",
@@ -469,20 +472,6 @@ LANGEVIN_FIXED = SamplerSpec(
     citation=LANGEVIN.citation,
     options={"h": 0.01},
     validate=lambda process, steps, t_end, opts: _positive("h", opts["h"]),
-)
-
-LANGEVIN_SNR_LOOP = SamplerSpec(
-    name="langevin",
-    family="annealed Langevin",
-    stochastic=True,
-    nfe_per_step=1,
-    expected_order=None,
-    run=pc_run,  # unused: the loop spec only carries options, schedule and validation
-    schedule=fixed_level_schedule,
-    citation=LANGEVIN.citation,
-    options=PC_OPTIONS,
-    choices=PC_CHOICES,
-    validate=validate_pc,
 )
 
 SPECS = (REVERSE_DIFFUSION, LANGEVIN, PC, AMS)
