@@ -142,6 +142,12 @@ class GaussianMixture:
         diag = self.cov[:, None].expand(-1, self.dim) if self.kind == "isotropic" else self.cov
         return torch.diag_embed(diag)
 
+    def covariance_diagonals(self) -> Tensor:
+        """(K, d) diagonals of the component covariances (no d x d matrices formed)."""
+        if self.kind == "full":
+            return torch.diagonal(self.cov, dim1=1, dim2=2)
+        return self.cov[:, None].expand(-1, self.dim) if self.kind == "isotropic" else self.cov
+
     def mean(self) -> Tensor:
         """E[x] = sum_k w_k mu_k."""
         return self.weights @ self.means
@@ -208,6 +214,14 @@ class GaussianMixture:
         self._cache[key] = p
         return p
 
+    def prepare(self, dtype: torch.dtype, device: torch.device) -> GaussianMixture:
+        """Compute and cache the factors score/hessian use in this dtype/device now (needed before
+        torch.func transforms whose custom functions must not create them); returns self."""
+        p = self._params(dtype, device)
+        if self._basis is not None:
+            self._precisions(p)
+        return self
+
     def _flatten(self, x: Tensor) -> tuple[Tensor, tuple[int, ...]]:
         if not isinstance(x, Tensor) or not x.is_floating_point():
             raise ValueError("x must be a floating-point torch tensor of shape (..., d)")
@@ -270,18 +284,38 @@ class GaussianMixture:
 
     def hessian(self, x: Tensor) -> Tensor:
         """Hessian of log p (THEORY.md 3.1), shape (..., d, d)."""
+        return self.score_and_hessian(x)[1]
+
+    def score_and_hessian(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """grad log p (..., d) and its Hessian (..., d, d) from one evaluation of the
+        responsibilities (THEORY.md 3.1), with the outer-product terms in covariance form:
+
+            sum_k r_k g_k g_k^T - gbar gbar^T = sum_k r_k (g_k - gbar)(g_k - gbar)^T,
+
+        (sum_k r_k = 1), one batched product G^T G with G_k = sqrt(r_k) (g_k - gbar) added to
+        -sum_k r_k C_k^{-1} in place. Cost O(n K d^2); memory two (n, d, d) tensors.
+        """
         xf, batch = self._flatten(x)
         p = self._params(x.dtype, x.device)
         logits, y = self._log_joint(xf, p)
         r = _softmax(logits)
         g = self._component_scores(xf, p, y)
-        gbar = torch.einsum("nk,nki->ni", r, g)
-        if y is not None:  # sum_k r_k Q_k diag(P_k) Q_k^T
-            prec = torch.einsum("nk,kia,ka,kja->nij", r, p["Q"], p["P"], p["Q"])
+        gbar = torch.bmm(r[:, None, :], g)  # (n, 1, d)
+        if y is not None:  # sum_k r_k C_k^{-1}: one (n, K) x (K, d d) product
+            prec = (r @ self._precisions(p)).view(-1, self.dim, self.dim)
         else:
             prec = torch.diag_embed(r @ p["P"])
-        h = -prec + torch.einsum("nk,nki,nkj->nij", r, g, g) - gbar[:, :, None] * gbar[:, None, :]
-        return h.reshape(*batch, self.dim, self.dim)
+        G = r.sqrt()[:, :, None] * (g - gbar)
+        h = prec.baddbmm_(G.transpose(1, 2), G, beta=-1.0)  # prec is a fresh tensor: in place
+        return gbar.reshape(*batch, self.dim), h.reshape(*batch, self.dim, self.dim)
+
+    def _precisions(self, p: dict) -> Tensor:
+        """C_k^{-1} = Q_k diag(P_k) Q_k^T of full components, flattened to (K, d d), cached."""
+        if "prec" not in p:
+            Q = p["Q"]
+            prec = (Q * p["P"][:, None, :]) @ Q.transpose(1, 2)
+            p["prec"] = prec.reshape(self.n_components, -1)
+        return p["prec"]
 
     # ---- sampling and process views --------------------------------------------------------
 

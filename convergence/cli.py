@@ -2,9 +2,9 @@
 
     convergence samplers [--json]
     convergence targets [--json]
-    convergence rate [--sampler NAME] [--target SPEC] [--process vp|ve]
-                     [--metric kl|w2|hellinger|tv] [--steps 20,40,...]
-                     [--evaluator auto|gaussian|samples] [--json]
+    convergence rate [--sampler NAME] [--target SPEC] [--process vp|ve] [--metric NAME]
+                     [--steps 20,40,...] [--evaluator auto|gaussian|grid|tensor|logdet|coupled|
+                     samples] [--perturb SPEC] [--json]
 
 Exit codes: 0 success, 2 bad usage or invalid input (one line on stderr), 1 a failed run.
 """
@@ -19,11 +19,11 @@ from collections.abc import Sequence
 from itertools import pairwise
 
 from analytic.processes import PROCESSES, make_process
-from convergence.evaluators import EVALUATORS, INITS, NOISES
-from convergence.evaluators.gaussian import METRICS
+from convergence.evaluators import EVALUATORS, INITS, METRICS, NOISES
 from convergence.experiment import measure_rate
 from convergence.rates import local_slopes
 from convergence.samplers import REGISTRY, DivergenceError, get_spec
+from convergence.scores import PERTURBATIONS, parse_perturbation, score_error
 from convergence.targets import TARGETS, parse_target
 
 DEFAULT_STEPS = "20,40,80,160,320,640,1280"
@@ -81,7 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="kl", choices=list(METRICS))
     p.add_argument("--steps", type=_steps, default=_steps(DEFAULT_STEPS))
     p.add_argument("--evaluator", default="auto", choices=list(EVALUATORS))
-    p.add_argument("--n", type=int, default=2000, help="samples per point (samples evaluator)")
+    p.add_argument(
+        "--n", type=int, default=2000, help="samples / trajectories per point (Monte Carlo)"
+    )
+    p.add_argument(
+        "--perturb",
+        default=None,
+        metavar="SPEC",
+        help="score error field, e.g. sin:eps=0.01,omega=4 or bias:eps=0.01 "
+        "(kinds: " + ", ".join(PERTURBATIONS) + ")",
+    )
+    p.add_argument(
+        "--evaluator-option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="evaluator option, e.g. ref_factor=32 (coupled) or n_directions=500 (sliced-w2)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--t-end", type=float, default=None, help="end time (default: the process's)")
     p.add_argument("--init", default="exact", choices=list(INITS))
@@ -186,6 +203,7 @@ def _progress(i: int, total: int, point) -> None:
 def cmd_rate(args) -> int:
     target = parse_target(args.target)
     process = make_process(args.process)
+    perturbation = None if args.perturb is None else parse_perturbation(args.perturb, target)
     show = not args.json and sys.stderr.isatty()
     res = measure_rate(
         args.sampler,
@@ -200,6 +218,8 @@ def cmd_rate(args) -> int:
         init=args.init,
         noise=args.noise,
         denoise=args.denoise,
+        perturbation=perturbation,
+        evaluator_options=dict(args.evaluator_option),
         progress=_progress if show else None,
         **dict(args.option),
     )
@@ -234,13 +254,22 @@ def cmd_rate(args) -> int:
         "t_end": res.points[0].t_end,
         "notes": notes + ([res.unresolved] if res.unresolved else []),
     }
+    if perturbation is not None:
+        size = _perturbation_size(perturbation, target, process, args)
+        out["perturbation"] = {"spec": perturbation.spec} | size
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
     print(
         f"{args.sampler} on {args.target} ({args.process}), {args.metric} by the "
-        f"{evaluator} evaluator, reference: exact marginal at t_end={out['t_end']:g}"
+        f"{evaluator} evaluator, reference: {res.points[0].reference}"
     )
+    if perturbation is not None:
+        ps = out["perturbation"]
+        print(
+            f"score perturbation {ps['spec']}: eps_score {ps['eps_score']:.3e}, eps_jacobi "
+            f"{ps['eps_jacobi']:.3e} ({ps['method']}, over the {ps['grid']})"
+        )
     print(f"{'steps':>7} {'nfe':>7} {'error':>11} {'uncertainty':>11} {'local slope':>11}")
     slopes = local_slopes(args.steps, [p.value for p in res.points])
     for p, s in zip(res.points, [None, *slopes], strict=True):
@@ -258,6 +287,29 @@ def cmd_rate(args) -> int:
     for note in out["notes"]:
         print(f"note: {note}")
     return 0
+
+
+def _perturbation_size(perturbation, target, process, args) -> dict:
+    """eps_score and eps_jacobi of a perturbation over the score times of the largest run
+    (at most 200 of them, evenly spaced, for Monte Carlo sizes)."""
+    from convergence.samplers.base import check_t_end, prepare
+
+    spec = get_spec(args.sampler)
+    t_end = check_t_end(process, args.t_end)
+    opts = dict(args.option)
+    _, _, schedule = prepare(spec, process, max(args.steps), t_end, opts)
+    times = [t for t, _ in schedule]
+    if len(times) > 200:
+        times = [times[round(i * (len(times) - 1) / 199)] for i in range(200)]
+    err = score_error(target, process, perturbation, times, seed=args.seed)
+    return {
+        "eps_score": err.eps_score,
+        "eps_score_ci": err.eps_score_ci,
+        "eps_jacobi": err.eps_jacobi,
+        "eps_jacobi_ci": err.eps_jacobi_ci,
+        "method": err.method,
+        "grid": f"{len(times)} step start times of T = {max(args.steps)}",
+    }
 
 
 COMMANDS = {"samplers": cmd_samplers, "targets": cmd_targets, "rate": cmd_rate}

@@ -93,10 +93,18 @@ def measure_rate(
         fit = fit_rate(
             steps,
             [p.value for p in points],
-            uncertainties=[p.uncertainty if p.evaluator == "samples" else 0.0 for p in points],
+            uncertainties=[_standard_error(p) for p in points],
             floors=[p.floor for p in points],
             expected_slope=expected,
         )
     except UnresolvedRateError as exc:
         return RateResult(spec.name, metric, points, None, expected, str(exc))
     return RateResult(spec.name, metric, points, fit, expected)
+
+
+def _standard_error(point: ErrorEstimate) -> float:
+    """The standard error a fit weights a point by: Monte Carlo evaluators report 95% half-widths
+    (logdet, coupled) or noise floors (samples); exact evaluators' round-off is not statistical."""
+    if point.evaluator in ("logdet", "coupled"):
+        return point.uncertainty / 1.96
+    return point.uncertainty if point.evaluator == "samples" else 0.0

@@ -81,7 +81,7 @@ def test_samplers_and_targets_tables(capsys):
     assert "ode-heun" in capsys.readouterr().out
     assert main(["targets"]) == 0
     assert "gmm:d=...,k=...,seed=...,cov=..." in capsys.readouterr().out
-    assert {t["name"] for t in run_json(capsys, "targets")} == {"gaussian", "gmm"}
+    assert {t["name"] for t in run_json(capsys, "targets")} == {"gaussian", "gmm", "product"}
 
 
 def test_rate_table_output(capsys):
@@ -104,6 +104,8 @@ def test_samples_evaluator_reports_floor(capsys):
         "1,2",
         "--n",
         "300",
+        "--evaluator",
+        "samples",
     )
     assert out["evaluator"] == "samples"
     assert all(p["uncertainty"] > 0.05 for p in out["points"])
@@ -119,7 +121,13 @@ def test_samples_evaluator_reports_floor(capsys):
         (["rate", "--target", "banana:d=2"], "unknown target 'banana'"),
         (["rate", "--target", "gaussian:q=2"], "bad parameter 'q=2'"),
         (["rate", "--target", "gmm:d=2"], "missing k, seed"),
-        (["rate", "--metric", "kl", "--target", "gmm:d=2,k=2,seed=0"], "needs an exact evaluator"),
+        (
+            ["rate", "--metric", "tv", "--sampler", "ddpm", "--target", "gmm:d=8,k=2,seed=0"],
+            "no evaluator measures 'tv'",
+        ),
+        (["rate", "--evaluator", "grid", "--target", "gmm:d=3,k=2,seed=0"], "'grid' does not"),
+        (["rate", "--perturb", "wobble:eps=1"], "unknown"),
+        (["rate", "--perturb", "sin:eps=-1,omega=2"], "eps must be"),
         (["rate", "--option", "variance=bad", "--sampler", "ddpm", "--steps", "2,4"], "not one of"),
         (["rate", "--t-end", "2", "--steps", "2,4"], r"t_end must lie in \(0, 1\)"),
         (["frobnicate"], "invalid choice"),
@@ -146,3 +154,26 @@ def test_console_entry_point_runs():
 def test_rate_refuses_adaptive_samplers(capsys):
     assert main(["rate", "--sampler", "ggf"]) == 2
     assert "is adaptive" in capsys.readouterr().err
+
+
+def test_rate_with_a_perturbed_score_reports_its_size(capsys):
+    out = run_json(
+        capsys,
+        "rate",
+        "--sampler",
+        "ddpm",
+        "--target",
+        "gmm:d=1,k=3,seed=0",
+        "--metric",
+        "tv",
+        "--steps",
+        "8,16",
+        "--perturb",
+        "sin:eps=0.02,omega=3",
+    )
+    assert out["evaluator"] == "grid"
+    size = out["perturbation"]
+    assert size["spec"] == "sin:eps=0.02,omega=3" and size["method"].startswith("closed form")
+    assert 0.005 < size["eps_score"] < 0.03 and size["eps_jacobi"] == pytest.approx(
+        3 * size["eps_score"], rel=0.2
+    )

@@ -1,0 +1,36 @@
+"""Benchmark: the grid evaluator in 1-D, T = 1000 steps, default grid (two resolutions, as
+``convergence.error`` runs it), on gmm:d=1,k=3,seed=0 under VP.
+
+Run: python benchmarks/grid_evaluator.py [T]
+"""
+
+import os
+import sys
+import time
+
+import torch
+
+from analytic.processes import make_process
+from convergence.evaluators import error
+from convergence.targets import parse_target
+
+
+def main() -> None:
+    T = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
+    torch.set_num_threads(1)  # vectors of a few thousand nodes: threads only add synchronisation
+    target = parse_target("gmm:d=1,k=3,seed=0")
+    process = make_process("vp")
+    for sampler in ("ddpm", "ddim", "ode-heun"):
+        for metric in ("tv", "kl", "w2"):
+            t0 = time.perf_counter()
+            est = error(sampler, target, process, T, metric=metric, evaluator="grid")
+            wall = time.perf_counter() - t0
+            print(
+                f"{sampler:9s} {metric:3s} T={T}: {est.value:.6e} +- {est.uncertainty:.1e} "
+                f"in {wall:.1f} s ({est.note.split(';')[0]}; load {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

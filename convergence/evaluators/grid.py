@@ -1,0 +1,404 @@
+"""Exact output laws on grids in d = 1 and 2 (THEORY.md 3.6): no Monte Carlo, no noise floor.
+
+A Gaussian-kernel sampler moves a law p through steps x' = m_k(x) + s_k z. The evaluator follows
+the law with the sampler's own step function, in segments that end at each step adding noise:
+
+* the current law is a *source* with a closed-form density: the initial mixture, or after a
+  noisy step the kernel sum p(y) = sum_j w_j N(y; c_j, s^2 I) (``analytic.quadrature``) whose
+  weights w_j = p_src(u_j) h^d are the trapezoid rule over a uniform grid u_j of the source;
+* deterministic steps only move the nodes, u_j -> Phi(u_j), carrying their mass;
+* a noisy step turns the moved nodes into the next kernel sum, c_j = m_k(Phi(u_j)), s = s_k.
+
+The grid spacing is h = sigma_min / RESOLUTION with sigma_min the smallest width the integrand has
+in u: the source's smallest standard deviation and the kernel's width seen from u, s_k /
+max|dc/du| (checked, and the segment is redone on a finer grid when violated). The trapezoid
+error is then of order exp(-2 pi^2 RESOLUTION^2): round-off level.
+
+The last segment ends with the output: y_j = Phi(u_j) with log |det dPhi/du| tracked exactly
+(``convergence.evaluators.flow``), so the output density is known at every y_j:
+log p_out(y_j) = log p_src(u_j) - logdet_j. With r_j = log q(y_j) - log p_out(y_j) (q the
+reference) every divergence is a trapezoid sum over the source grid, in forms without
+cancellation:
+
+    KL(q || p_out) = sum_j w_j [(r_j - 1) expm1(r_j) + r_j]   (= E_p[rho log rho - rho + 1]),
+    H^2            = sum_j w_j expm1(r_j / 2)^2 / 2,
+    TV             = sum_j w_j |expm1(r_j)| / 2.
+
+TV's integrand has kinks where p_out = q; in 1-D the evaluator integrates exactly between the
+crossing points instead: TV = 1/2 sum_I |P(I) - Q(I)| over the intervals I between crossings, with
+P(I) from the source CDF at the crossing nodes u* and Q(I) from the reference CDF at Phi(u*), so
+crossing-point errors enter only at second order. In 2-D the kinks limit the trapezoid rule
+(relative 1e-4 to 1e-5 at the default spacing, reported by the refinement). W2 in 1-D is exact
+through quantile functions,
+
+    W2^2 = int_0^1 (Q_out(a) - Q_ref(a))^2 da = sum_j w_j (Phi(u_j) - Q_ref(F_src(u_j)))^2,
+
+since Phi is increasing (checked). W2 in 2-D has no exact grid formula here and is refused.
+
+Every value is computed twice, at RESOLUTION and at a finer REFINED spacing; the finer value is
+returned and the difference is its uncertainty.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from analytic.gmm import GaussianMixture
+from analytic.processes import Process
+from analytic.quadrature import (
+    TAIL,
+    Grid,
+    KernelSum,
+    mixture_cdf,
+    mixture_quantile,
+    uniform_grid,
+)
+from convergence.evaluators.flow import mixture_jacobian_score, push
+from convergence.samplers.base import (
+    CountingScore,
+    DivergenceError,
+    SamplerSpec,
+    Score,
+    Stage,
+    context_kwargs,
+    plan,
+    prepare,
+)
+
+Tensor = torch.Tensor
+
+RESOLUTION = 1.5  # nodes per smallest standard deviation of the integrand
+REFINED = 2.0
+MAX_NODES = {1: 400_000, 2: 1_500_000}
+# the output integrands (density ratios, their square roots and logs) vary faster than the
+# reference's components: the output grid has this many times more nodes per standard deviation
+OUTPUT_RESOLUTION = {1: 3.0, 2: 1.0}
+NEGLIGIBLE = 1e-22  # nodes whose source density is below this fraction of the peak are dropped
+METRICS = ("kl", "tv", "hellinger", "w2")
+
+
+@dataclass(frozen=True)
+class GridResult:
+    """All metrics of one grid propagation: KL, TV, H^2 (so that products can combine them) and
+    W2^2 (1-D only, else None), plus the score calls per trajectory and the final node count."""
+
+    kl: float
+    tv: float
+    h2: float
+    w2sq: float | None
+    nfe: int
+    nodes: int
+    mass: float
+
+
+# ---- sources: the law at the start of a segment ----------------------------------------------
+
+
+class _Source:
+    """A law with a closed-form density, a bounding box and its smallest standard deviation."""
+
+    def __init__(self, law: GaussianMixture | KernelSum) -> None:
+        self.law = law
+        if isinstance(law, KernelSum):
+            self.lo, self.hi = law.box()
+            self.sigma = law.std
+        else:
+            cov = law.covariance_matrices()
+            sd = torch.diagonal(cov, dim1=1, dim2=2).sqrt()
+            self.lo = (law.means - TAIL * sd).min(0).values
+            self.hi = (law.means + TAIL * sd).max(0).values
+            self.sigma = float(torch.linalg.eigvalsh(cov).min().sqrt())
+
+    def density(self, grid: Grid) -> Tensor:
+        if isinstance(self.law, KernelSum):
+            return self.law.density_on(grid).reshape(-1)
+        return torch.exp(self.law.log_prob(grid.points()))
+
+    def log_density(self, u: Tensor) -> Tensor:
+        return self.law.log_density(u) if isinstance(self.law, KernelSum) else self.law.log_prob(u)
+
+    def cdf(self, u: Tensor, upper: bool = False) -> Tensor:
+        if isinstance(self.law, KernelSum):
+            return self.law.cdf(u, upper)
+        return mixture_cdf(self.law, u, upper)
+
+
+@dataclass
+class _Nodes:
+    """Significant grid nodes of a source (positions, densities p_src(u_j), kept among the nodes
+    of ``grid``) and where the sampler has moved them (x, multistep state)."""
+
+    u: Tensor
+    p: Tensor
+    h: float
+    x: Tensor
+    state: Tensor | None
+
+
+def _nodes(source: _Source, h: float, d: int) -> _Nodes:
+    grid = uniform_grid(source.lo, source.hi, h, MAX_NODES[d])
+    p = source.density(grid)
+    keep = p > NEGLIGIBLE * p.max()
+    u = grid.points()[keep]
+    return _Nodes(u, p[keep], h, u, None)
+
+
+# ---- propagation ------------------------------------------------------------------------------
+
+
+def _propagate(
+    spec: SamplerSpec,
+    score: Score,
+    process: Process,
+    start: GaussianMixture,
+    stages: list[Stage],
+    opts: dict,
+    t_end: float,
+    resolution: float,
+) -> tuple[_Source, list[Stage], _Nodes, int]:
+    """Run all stages on grid nodes; returns the last source, the deterministic stages after it,
+    the source's nodes and the score calls per trajectory."""
+    d = start.dim
+    counted = CountingScore(score)
+    source = _Source(start)
+    nodes = _nodes(source, source.sigma / resolution, d)
+    pending: list[Stage] = []
+    for st in stages:
+        tr = spec.step(
+            counted,
+            process,
+            nodes.x,
+            st.t,
+            st.t_next,
+            **context_kwargs(spec, st, nodes.state, t_end),
+            **opts,
+        )
+        if not torch.isfinite(tr.mean).all():
+            raise DivergenceError(spec.name, st.k + 1, st.t, st.t_next)
+        if not (st.noisy and tr.std > 0):
+            nodes.x, nodes.state = tr.mean, tr.state
+            pending.append(st)
+            continue
+        if tr.state is not None:
+            raise ValueError(
+                f"sampler {spec.name!r} carries multistep state through a noisy step; the grid "
+                "evaluator cannot follow it"
+            )
+        stretch = _max_stretch(nodes.u, tr.mean, nodes.h)
+        if nodes.h > tr.std / (resolution * stretch):  # kernel too narrow for the grid: refine
+            h = min(nodes.h, source.sigma / resolution) * 0.999
+            h = min(h, tr.std / (resolution * stretch * 1.05))
+            nodes = _nodes(source, h, d)
+            nodes, mean, std = _replay(spec, counted, process, nodes, pending, st, opts, t_end)
+        else:
+            mean, std = tr.mean, tr.std
+        source = _Source(KernelSum(nodes.p * nodes.h**d, mean, std))
+        nodes = _nodes(source, source.sigma / resolution, d)
+        pending = []
+    return source, pending, nodes, counted.calls
+
+
+def _replay(spec, score, process, nodes, pending, st, opts, t_end):
+    """Re-run a segment's deterministic stages and its noisy stage on new nodes (same calls)."""
+    calls = score.calls
+    x, state = nodes.x, None
+    for s in [*pending, st]:
+        tr = spec.step(
+            score, process, x, s.t, s.t_next, **context_kwargs(spec, s, state, t_end), **opts
+        )
+        x, state = tr.mean, tr.state
+    score.calls = calls  # a replay does not cost the sampler anything
+    return nodes, tr.mean, tr.std
+
+
+def _max_stretch(u: Tensor, c: Tensor, h: float) -> float:
+    """max |dc/du| over the nodes, estimated from the largest displacement of near neighbours."""
+    if u.shape[0] < 2:
+        return 1.0
+    if u.shape[1] == 1:
+        order = torch.argsort(u[:, 0])
+        du = torch.diff(u[order, 0])
+        dc = torch.diff(c[order, 0]).abs()
+        ok = du < 1.5 * h
+        return max(1.0, float((dc[ok] / du[ok]).max())) if bool(ok.any()) else 1.0
+    # 2-D: nodes are in row-major grid order among the kept ones; compare consecutive rows
+    du = (u[1:] - u[:-1]).norm(dim=1)
+    dc = (c[1:] - c[:-1]).norm(dim=1)
+    ok = du < 1.5 * h
+    return max(1.0, float((dc[ok] / du[ok]).max())) if bool(ok.any()) else 1.0
+
+
+def _max_gain(jacobian: Tensor) -> float:
+    """max over nodes of the largest singular value of dPhi/du, at least 1."""
+    return max(1.0, float(torch.linalg.matrix_norm(jacobian, ord=2).max()))
+
+
+# ---- metrics ---------------------------------------------------------------------------------
+
+
+def _kl_integrand(r: Tensor) -> Tensor:
+    """rho log rho - rho + 1 at rho = e^r, as (r - 1) expm1(r) + r, with its series for small r
+    (r^2/2 + r^3/3 + r^4/8 + r^5/30) where the closed form cancels."""
+    closed = (r - 1.0) * torch.expm1(r) + r
+    series = r * r * (0.5 + r * (1.0 / 3.0 + r * (0.125 + r / 30.0)))
+    return torch.where(r.abs() < 1e-3, series, closed)
+
+
+def _tv_1d(source: _Source, nodes: _Nodes, r: Tensor, w: Tensor, final, reference) -> float:
+    """1-D TV = 1/2 sum_I |P(I) - Q(I)| over the intervals I between crossings of p_out and q.
+
+    Crossings u* (r(u*) = 0) are bracketed by sign changes of r on significant nodes and solved by
+    the Illinois variant of regula falsi on the exact r (each iterate pushed through the final
+    deterministic stretch); P(I) comes from the source CDF at u*, Q(I) from the reference CDF at
+    Phi(u*). Errors in u* enter at second order, since d/du (P - Q) = 0 at a crossing."""
+    u = nodes.u[:, 0]
+    significant = w > 1e-12 * w.max()
+    s = torch.sign(r)
+    idx = torch.nonzero(((s[:-1] * s[1:]) < 0) & significant[:-1] & significant[1:]).reshape(-1)
+    if idx.numel() == 0:
+        return 0.5 * float((w * torch.expm1(r).abs()).sum())
+
+    def exact_r(v: Tensor) -> tuple[Tensor, Tensor]:
+        y, logdet = final(v[:, None])
+        return reference.log_prob(y) - (source.log_density(v[:, None]) - logdet), y[:, 0]
+
+    a, b, ra, rb = u[idx], u[idx + 1], r[idx], r[idx + 1]
+    side = torch.zeros_like(a)
+    for _ in range(60):
+        root = (a * rb - b * ra) / (rb - ra)
+        rr, ys = exact_r(root)
+        left = torch.sign(rr) == torch.sign(ra)
+        # Illinois: halve the function value at the end point that stays twice in a row
+        rb = torch.where(left & (side > 0), 0.5 * rb, rb)
+        ra = torch.where(~left & (side < 0), 0.5 * ra, ra)
+        a, ra = torch.where(left, root, a), torch.where(left, rr, ra)
+        b, rb = torch.where(left, b, root), torch.where(left, rb, rr)
+        side = torch.where(left, 1.0, -1.0)
+        if bool(((b - a).abs() < 1e-13 * (1 + root.abs())).all() or (rr == 0).all()):
+            break
+        if bool((rr.abs() < 1e-15).all()):
+            break
+    lower_p, upper_p = source.cdf(root), source.cdf(root, upper=True)
+    lower_q, upper_q = mixture_cdf(reference, ys), mixture_cdf(reference, ys, upper=True)
+    tv = abs(float(lower_p[0] - lower_q[0])) + abs(float(upper_p[-1] - upper_q[-1]))
+    for i in range(root.numel() - 1):
+        # each interval's masses from the tail in which they are small (fewer cancelling digits)
+        if float(upper_p[i]) < 0.5:
+            dp, dq = upper_p[i] - upper_p[i + 1], upper_q[i] - upper_q[i + 1]
+        else:
+            dp, dq = lower_p[i + 1] - lower_p[i], lower_q[i + 1] - lower_q[i]
+        tv += abs(float(dp - dq))
+    return 0.5 * tv
+
+
+def _tv_2d(nodes: _Nodes, f: Tensor) -> float:
+    """2-D TV = 1/2 sum_j |f_j| over the source grid (f = w (rho - 1)): the trapezoid rule, whose
+    accuracy the kinks of |f| along the crossing curve limit (measured: relative error 3e-4 at
+    h = sigma/1.5, 6e-5 at sigma/3 for ddpm on gaussian:d=2; the refinement reports it). A local
+    kink correction (exact integral of |linear interpolant| in each crossing cell) was tried and
+    over-corrects at these spacings, so it is not used."""
+    return 0.5 * float(f.abs().sum())
+
+
+def _w2sq_1d(source: _Source, nodes: _Nodes, y: Tensor, w: Tensor, reference) -> float:
+    u = nodes.u[:, 0]
+    lower = source.cdf(u)
+    upper = source.cdf(u, upper=True)
+    use_upper = upper < lower
+    level = torch.where(use_upper, upper, lower)
+    qref = mixture_quantile(reference, level, use_upper)
+    return float((w * (y[:, 0] - qref) ** 2).sum())
+
+
+def grid_metrics(
+    spec: SamplerSpec,
+    target: GaussianMixture,
+    process: Process,
+    steps: int,
+    *,
+    start: GaussianMixture,
+    reference: GaussianMixture,
+    t_end: float | None = None,
+    perturbation=None,
+    final_noise: bool = False,
+    resolution: float = RESOLUTION,
+    **options,
+) -> GridResult:
+    """All grid metrics of one sampler run at one resolution (see the module docstring)."""
+    from convergence.scores import perturbed_score
+
+    d = target.dim
+    if d not in (1, 2):
+        raise ValueError(f"the grid evaluator needs d = 1 or 2, got d = {d}")
+    if spec.step is None:
+        raise ValueError(
+            f"sampler {spec.name!r} is not a chain of Gaussian kernels; the grid evaluator "
+            "cannot follow it (use evaluator 'samples')"
+        )
+    t_end, opts, schedule = prepare(spec, process, steps, t_end, options)
+    stages = plan(schedule, final_noise)
+    score = perturbed_score(target, process, perturbation)
+    source, pending, nodes, nfe = _propagate(
+        spec, score, process, start, stages, opts, t_end, resolution
+    )
+    jscore = mixture_jacobian_score(target, process, perturbation)
+
+    def final(u: Tensor) -> tuple[Tensor, Tensor]:
+        if not pending:
+            return u, torch.zeros(u.shape[0], dtype=u.dtype, device=u.device)
+        out = push(spec, jscore, process, u, pending, opts, t_end)
+        return out.y, out.logdet
+
+    pushed = None
+    if pending:
+        # the output integrand varies on the reference's smallest scale pulled back through Phi:
+        # refine the source grid once if its spacing does not resolve that
+        pushed = push(spec, jscore, process, nodes.u, pending, opts, t_end)
+        h = _Source(reference).sigma / (
+            OUTPUT_RESOLUTION[d] * resolution * _max_gain(pushed.jacobian)
+        )
+        if nodes.h > h:
+            nodes = _nodes(source, h * 0.999, d)
+            pushed = push(spec, jscore, process, nodes.u, pending, opts, t_end)
+    y = nodes.u if pushed is None else pushed.y
+    logdet = torch.zeros_like(nodes.p) if pushed is None else pushed.logdet
+    w = nodes.p * nodes.h**d
+    r = reference.log_prob(y) - (torch.log(nodes.p) - logdet)
+    kl = float((w * _kl_integrand(r)).sum())
+    h2 = 0.5 * float((w * torch.expm1(0.5 * r).square()).sum())
+    if d == 1:
+        tv = _tv_1d(source, nodes, r, w, final, reference)
+        if pushed is not None and not bool((pushed.jacobian[:, 0, 0] > 0).all()):
+            raise ValueError(f"sampler {spec.name!r}: the output map is not increasing")
+        w2sq = _w2sq_1d(source, nodes, y, w, reference)
+    else:
+        tv = _tv_2d(nodes, w * torch.expm1(r))
+        w2sq = None
+    return GridResult(kl, tv, h2, w2sq, nfe, int(nodes.u.shape[0]), float(w.sum()))
+
+
+def metric_value(result: GridResult, metric: str) -> float:
+    """The named metric of a grid result (Hellinger H = sqrt(H^2), W2 = sqrt(W2^2))."""
+    if metric == "kl":
+        return result.kl
+    if metric == "tv":
+        return result.tv
+    if metric == "hellinger":
+        return math.sqrt(max(result.h2, 0.0))
+    if metric == "w2":
+        if result.w2sq is None:
+            raise ValueError(
+                "the grid evaluator gives W2 in 1-D only (no exact 2-D W2 from a density on a "
+                "grid); use evaluator 'coupled' for a W2 upper bound or 'samples'"
+            )
+        return math.sqrt(max(result.w2sq, 0.0))
+    raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+
+
+def refined_pair(run: Callable[[float], GridResult]) -> tuple[GridResult, GridResult]:
+    """The same evaluation at the default and the refined resolution."""
+    return run(RESOLUTION), run(REFINED)

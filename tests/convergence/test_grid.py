@@ -1,0 +1,313 @@
+"""Grid and tensorised evaluators: agreement with the exact Gaussian evaluator and with each other,
+self-consistency on mixtures, and refusals."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, optimize, stats
+
+from analytic.gmm import GaussianMixture
+from analytic.processes import make_process
+from analytic.quadrature import KernelSum, mixture_cdf, mixture_quantile, uniform_grid
+from convergence.evaluators import error, resolve_evaluator
+from convergence.samplers import get_spec
+from convergence.targets import parse_target
+
+VP = make_process("vp")
+GMM1 = parse_target("gmm:d=1,k=3,seed=0")
+
+
+def rel(a: float, b: float) -> float:
+    return abs(a - b) / abs(b)
+
+
+@pytest.mark.parametrize(
+    "sampler", ["ddim", "ddpm", "em", "ode-heun", "li-accel-ddim", "li-accel-ddpm"]
+)
+def test_grid_equals_gaussian_evaluator_in_1d(sampler):
+    target = parse_target("gaussian:d=1")
+    for metric in ("kl", "tv", "w2", "hellinger"):
+        g = error(sampler, target, VP, 12, metric=metric, evaluator="grid")
+        e = error(sampler, target, VP, 12, metric=metric, evaluator="gaussian")
+        assert e.exact and rel(g.value, e.value) < 1e-6, (metric, g.value, e.value)
+        assert g.uncertainty < 1e-6 * g.value
+
+
+def _abs_diff_1d(a, m1, s1, b, m2, s2) -> float:
+    """int |a N(y; m1, s1^2) - b N(y; m2, s2^2)| dy exactly: the log-ratio is quadratic in y, so
+    there are at most two crossings; between them the integral is a difference of normal CDFs."""
+    qa = 0.5 / s2**2 - 0.5 / s1**2
+    qb = m1 / s1**2 - m2 / s2**2
+    qc = 0.5 * m2**2 / s2**2 - 0.5 * m1**2 / s1**2 + math.log(a / s1) - math.log(b / s2)
+    roots = np.roots([qa, qb, qc]) if abs(qa) > 1e-300 else np.roots([qb, qc])
+    cuts = sorted(float(r.real) for r in np.atleast_1d(roots) if abs(r.imag) < 1e-12)
+    edges = [-np.inf, *cuts, np.inf]
+    total = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        pa = a * (stats.norm.cdf(hi, m1, s1) - stats.norm.cdf(lo, m1, s1))
+        pb = b * (stats.norm.cdf(hi, m2, s2) - stats.norm.cdf(lo, m2, s2))
+        total += abs(pa - pb)
+    return total
+
+
+def _tv_2d_reference(m0, S0, m1, S1) -> float:
+    """TV between two 2-D Gaussians: the inner integral over y exact (``_abs_diff_1d`` on the
+    conditional laws given x), the outer one by adaptive scipy quadrature; independent of the
+    grid evaluator."""
+
+    def inner(x):
+        args = []
+        for m, S in ((m0, S0), (m1, S1)):
+            px = stats.norm.pdf(x, m[0], math.sqrt(S[0, 0]))
+            mc = m[1] + S[0, 1] / S[0, 0] * (x - m[0])
+            sc = math.sqrt(S[1, 1] - S[0, 1] ** 2 / S[0, 0])
+            args += [px, mc, sc]
+        return _abs_diff_1d(*args)
+
+    c = float(m0[0])
+    val, _ = integrate.quad(inner, c - 12, c + 12, epsabs=1e-13, epsrel=1e-11, limit=500)
+    return 0.5 * val
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_grid_equals_gaussian_evaluator_in_2d(sampler):
+    target = parse_target("gaussian:d=2")
+    for metric in ("kl", "hellinger"):
+        g = error(sampler, target, VP, 6, metric=metric, evaluator="grid")
+        e = error(sampler, target, VP, 6, metric=metric, evaluator="gaussian")
+        assert rel(g.value, e.value) < 1e-6, (metric, g.value, e.value)
+    # TV: the Gaussian evaluator gives only the Hellinger sandwich in 2-D
+    g = error(sampler, target, VP, 6, metric="tv", evaluator="grid")
+    e = error(sampler, target, VP, 6, metric="tv", evaluator="gaussian")
+    assert e.lower_bound <= g.value <= e.value
+    with pytest.raises(ValueError, match="d = 1 only"):
+        error(sampler, target, VP, 6, metric="w2", evaluator="grid")
+
+
+def test_grid_tv_2d_against_scipy_quadrature():
+    from convergence.evaluators import gaussian as exact
+    from convergence.samplers.base import CountingScore
+
+    target = parse_target("gaussian:d=2")
+    spec = get_spec("ddpm")
+    out = exact.propagate(
+        spec,
+        CountingScore(target.score_fn(VP)),
+        VP,
+        exact.law_of(target.noised(VP, 1.0)),
+        4,
+        t_end=VP.t_end_default,
+    )
+    ref = exact.law_of(target.noised(VP, VP.t_end_default))
+    expected = _tv_2d_reference(
+        ref.mean.numpy(), ref.cov.numpy(), out.mean.numpy(), out.cov.numpy()
+    )
+    g = error("ddpm", target, VP, 4, metric="tv", evaluator="grid")
+    # kinks of |p - q| along the crossing curve limit the 2-D trapezoid rule (module docstring
+    # of convergence.evaluators.grid): measured 3.6e-4 relative, below the reported uncertainty
+    assert rel(g.value, expected) < 1e-3, (g.value, expected)
+    assert abs(g.value - expected) < 10 * g.uncertainty
+
+
+def test_grid_values_are_resolved_on_a_mixture():
+    for sampler in ("ddim", "ddpm", "ode-heun"):
+        for metric in ("kl", "tv", "w2"):
+            g = error(sampler, GMM1, VP, 16, metric=metric, evaluator="auto")
+            assert g.evaluator == "grid" and g.value > 0
+            assert g.uncertainty < 1e-6 * g.value, (sampler, metric, g)
+
+
+def test_grid_first_order_rate_on_a_mixture_and_a_broken_control():
+    """Local TV slopes of ddim approach -1; DDIM with a wrong coefficient stalls (negative
+    control through the same evaluator)."""
+    from dataclasses import replace
+
+    from convergence.samplers.base import Transition
+    from convergence.samplers.discrete import ddim_step
+
+    steps = [20, 40, 80]
+    tv = [error("ddim", GMM1, VP, T, metric="tv").value for T in steps]
+    slopes = np.diff(np.log(tv)) / np.diff(np.log(steps))
+    assert np.all(np.abs(slopes + 1.0) < 0.1), slopes
+
+    def broken(score, process, x, t, t_next, **kw):
+        tr = ddim_step(score, process, x, t, t_next, **kw)
+        return Transition(tr.mean * (1.0 + 0.5 * (t - t_next)), tr.std)
+
+    bad = replace(get_spec("ddim"), name="ddim-broken", step=broken)
+    tv_bad = [error(bad, GMM1, VP, T, metric="tv", evaluator="grid").value for T in steps]
+    slopes_bad = np.diff(np.log(tv_bad)) / np.diff(np.log(steps))
+    assert not np.all(np.abs(slopes_bad + 1.0) < 0.1), slopes_bad
+
+
+def test_tensor_equals_grid_at_d1_and_sums_identical_factors():
+    one = parse_target("product:d=1,k=3,seed=0")
+    four = parse_target("product:d=4,k=3,seed=0")
+    for metric in ("kl", "tv", "w2", "hellinger"):
+        t1 = error("ddpm", one, VP, 10, metric=metric, evaluator="tensor")
+        g1 = error("ddpm", GMM1, VP, 10, metric=metric, evaluator="grid")
+        assert rel(t1.value, g1.value) < 1e-12, metric
+    kl1 = error("ddpm", GMM1, VP, 10, metric="kl").value
+    kl4 = error("ddpm", four, VP, 10, metric="kl")
+    assert kl4.evaluator == "tensor" and rel(kl4.value, 4 * kl1) < 1e-12
+    w1 = error("ddpm", GMM1, VP, 10, metric="w2").value
+    assert rel(error("ddpm", four, VP, 10, metric="w2").value, 2 * w1) < 1e-12
+    h1 = error("ddpm", GMM1, VP, 10, metric="hellinger").value
+    h4 = error("ddpm", four, VP, 10, metric="hellinger").value
+    assert rel(1 - h4**2, (1 - h1**2) ** 4) < 1e-12
+    tv4 = error("ddpm", four, VP, 10, metric="tv")
+    assert tv4.lower_bound == pytest.approx(h4**2) and tv4.value >= tv4.lower_bound
+    assert not tv4.exact and "Hellinger" in tv4.note
+
+
+def test_tensor_distinct_factors_add_up():
+    target = parse_target("product:d=3,k=2,seed=5,distinct=1")
+    total = error("ddim", target, VP, 8, metric="kl").value
+    parts = [
+        error("ddim", parse_target(f"gmm:d=1,k=2,seed={5 + i}"), VP, 8, metric="kl").value
+        for i in range(3)
+    ]
+    assert rel(total, sum(parts)) < 1e-10
+
+
+def test_perturbed_grid_matches_perturbed_gaussian():
+    """A bias keeps a Gaussian target's score affine: grid and Gaussian evaluators agree."""
+    target = parse_target("gaussian:d=1")
+    for metric in ("kl", "w2"):
+        g = error(
+            "ddpm", target, VP, 10, metric=metric, evaluator="grid", perturbation="bias:eps=0.05"
+        )
+        e = error(
+            "ddpm",
+            target,
+            VP,
+            10,
+            metric=metric,
+            evaluator="gaussian",
+            perturbation="bias:eps=0.05",
+        )
+        clean = error("ddpm", target, VP, 10, metric=metric, evaluator="gaussian")
+        assert rel(g.value, e.value) < 1e-6 and e.value > 2 * clean.value
+
+
+def test_auto_picks_the_most_exact_evaluator():
+    ddim, ddpm = get_spec("ddim"), get_spec("ddpm")
+    gauss, gmm8 = parse_target("gaussian:d=3"), parse_target("gmm:d=8,k=4,seed=0")
+    prod = parse_target("product:d=16,k=3,seed=0")
+    assert resolve_evaluator("auto", gauss, ddim, "kl") == "gaussian"
+    assert resolve_evaluator("auto", GMM1, ddpm, "tv") == "grid"
+    assert resolve_evaluator("auto", prod, ddpm, "kl") == "tensor"
+    assert resolve_evaluator("auto", gmm8, ddim, "kl") == "logdet"
+    assert resolve_evaluator("auto", gmm8, ddpm, "w2") == "coupled"
+    assert resolve_evaluator("auto", gmm8, ddpm, "sliced-w2") == "samples"
+    assert resolve_evaluator("auto", GMM1, ddim, "kl", denoised=True) == "samples"
+    with pytest.raises(ValueError, match="no evaluator measures 'tv'"):
+        resolve_evaluator("auto", gmm8, ddpm, "tv")
+    with pytest.raises(ValueError, match="evaluator 'grid' does not apply here: it needs"):
+        resolve_evaluator("grid", gmm8, ddpm, "kl")
+    with pytest.raises(ValueError, match="not a fixed chain"):
+        resolve_evaluator("grid", GMM1, get_spec("ggf"), "kl")
+    with pytest.raises(ValueError, match="unknown metric"):
+        resolve_evaluator("auto", GMM1, ddpm, "l1")
+
+
+# ---- quadrature helpers -----------------------------------------------------------------------
+
+
+def test_mixture_quantile_inverts_the_cdf_in_both_tails():
+    levels = torch.tensor([1e-14, 1e-6, 0.3, 0.5], dtype=torch.float64)
+    for upper in (False, True):
+        flags = torch.full_like(levels, upper, dtype=torch.bool)
+        y = mixture_quantile(GMM1, levels, flags)
+        back = mixture_cdf(GMM1, y, upper=upper)
+        assert torch.allclose(back, levels, rtol=1e-12, atol=0)
+        for lv, yi in zip(levels.tolist(), y.tolist(), strict=True):
+
+            def f(v, lv=lv, upper=upper):
+                y = torch.tensor([v], dtype=torch.float64)
+                return float(mixture_cdf(GMM1, y, upper=upper)) - lv
+
+            root = optimize.brentq(f, -40, 40, xtol=1e-14)
+            assert abs(root - yi) < 1e-9
+
+
+def test_kernel_sum_on_a_grid_matches_direct_sums():
+    gen = torch.Generator().manual_seed(0)
+    for d in (1, 2):
+        centres = torch.randn(50, d, generator=gen, dtype=torch.float64)
+        w = torch.rand(50, generator=gen, dtype=torch.float64)
+        ks = KernelSum(w / w.sum(), centres, 0.3)
+        lo, hi = ks.box()
+        grid = uniform_grid(lo, hi, 0.15, 10**6)
+        banded = ks.density_on(grid).reshape(-1)
+        direct = torch.exp(ks.log_density(grid.points()))
+        # kernels are cut at TAIL = 9 sd: differences below 1e-17 of the peak are allowed
+        assert torch.allclose(banded, direct, rtol=1e-12, atol=1e-17 * float(direct.max()))
+        assert float(banded.sum()) * grid.cell == pytest.approx(1.0, abs=1e-12)
+    y = torch.linspace(-3, 3, 7, dtype=torch.float64)
+    ks1 = KernelSum(
+        torch.tensor([0.25, 0.75], dtype=torch.float64),
+        torch.tensor([[-1.0], [0.5]], dtype=torch.float64),
+        0.4,
+    )
+    gm = GaussianMixture([0.25, 0.75], [[-1.0], [0.5]], [0.16, 0.16])
+    assert torch.allclose(ks1.cdf(y), mixture_cdf(gm, y), rtol=1e-13)
+    assert torch.allclose(ks1.cdf(y, upper=True) + ks1.cdf(y), torch.ones(7, dtype=torch.float64))
+
+
+def test_grid_refusals():
+    with pytest.raises(ValueError, match="Tweedie push-forward"):
+        error("ddim", GMM1, VP, 10, metric="kl", evaluator="grid", denoise=True)
+    with pytest.raises(ValueError, match="more than the limit"):
+        uniform_grid(torch.zeros(2), torch.ones(2) * 100, 1e-3, 1000)
+    assert math.isfinite(error("ddim", GMM1, VP, 3, metric="kl", evaluator="grid").value)
+
+
+def test_diagonal_gaussian_propagation_equals_the_full_one():
+    """Diagonal laws (d >= 64) are propagated coordinate-wise; the full-covariance recursion on
+    the same problem gives the same distances."""
+    from convergence.evaluators import gaussian as exact
+    from convergence.samplers.base import CountingScore
+
+    target = parse_target("gmm:d=70,k=1,seed=3,cov=diag")
+
+    def full(g):
+        return exact.GaussianLaw(g.means[0], g.covariance_matrices()[0])
+
+    for sampler in ("ddpm", "li-accel-ddim"):
+        out = exact.propagate(
+            get_spec(sampler),
+            CountingScore(target.score_fn(VP)),
+            VP,
+            full(target.noised(VP, 1.0)),
+            30,
+            t_end=VP.t_end_default,
+        )
+        ref = full(target.noised(VP, VP.t_end_default))
+        for metric in ("kl", "w2", "hellinger"):
+            fast = error(sampler, target, VP, 30, metric=metric)
+            assert rel(fast.value, exact.distance(metric, ref, out).value) < 1e-12
+
+
+def test_product_target_matches_its_factors():
+    prod = parse_target("product:d=3,k=2,seed=1,distinct=1")
+    x = prod.sample(50, seed=2)
+    factors = [parse_target(f"gmm:d=1,k=2,seed={1 + i}") for i in range(3)]
+    logp = sum(f.log_prob(x[:, i : i + 1]) for i, f in enumerate(factors))
+    assert torch.allclose(prod.log_prob(x), logp, rtol=1e-13)
+    q = prod.noised(VP, 0.4)
+    for i, f in enumerate(factors):
+        fi = f.noised(VP, 0.4)
+        assert torch.allclose(q.score(x)[:, i], fi.score(x[:, i : i + 1])[:, 0], rtol=1e-12)
+        assert torch.allclose(q.hessian(x)[:, i, i], fi.hessian(x[:, i : i + 1])[:, 0, 0])
+    t = torch.full((50,), 0.4, dtype=torch.float64)
+    assert torch.allclose(prod.score_fn(VP)(x, t), q.score(x), rtol=1e-13)
+    big = parse_target("product:d=2,k=3,seed=0").sample(200_000, seed=0)
+    mean = float(GMM1.means[:, 0] @ GMM1.weights)
+    assert abs(float(big[:, 1].mean()) - mean) < 0.02
+    with pytest.raises(ValueError, match="distinct must be 0 or 1"):
+        parse_target("product:d=2,k=3,seed=0,distinct=2")
+    with pytest.raises(ValueError, match="missing"):
+        parse_target("product:d=2,k=3")
