@@ -36,13 +36,23 @@ def main() -> None:
         for T in STEPS:
             if spec_text.startswith("product"):
                 res, _ = tensor_metrics(
-                    spec, target, vp, T, initial=lambda f: initial_law(f, vp, "exact"),
-                    t_end=t_end, resolution=grid.RESOLUTION,
+                    spec,
+                    target,
+                    vp,
+                    T,
+                    initial=lambda f: initial_law(f, vp, "exact"),
+                    t_end=t_end,
+                    resolution=grid.RESOLUTION,
                 )
             else:
                 res = grid.grid_metrics(
-                    spec, target, vp, T, start=target.noised(vp, 1.0),
-                    reference=target.noised(vp, t_end), t_end=t_end,
+                    spec,
+                    target,
+                    vp,
+                    T,
+                    start=target.noised(vp, 1.0),
+                    reference=target.noised(vp, t_end),
+                    t_end=t_end,
                 )
             for m in values:
                 values[m].append(grid.metric_value(res, m))

@@ -42,7 +42,9 @@ def main() -> None:
             tv = error(sampler, target, vp, T, metric="tv", perturbation=p).value
             sizes.append(size.eps_score)
             tvs.append(tv)
-            print(f"{spec:>26} {size.eps_score:10.3e} {size.eps_jacobi:10.3e} {tv:10.3e}", flush=True)
+            print(
+                f"{spec:>26} {size.eps_score:10.3e} {size.eps_jacobi:10.3e} {tv:10.3e}", flush=True
+            )
         slope = np.polyfit(np.log(sizes), np.log(tvs), 1)[0]
         big = [i for i, v in enumerate(tvs) if v > 10 * clean]
         tail = np.polyfit(np.log(np.array(sizes)[big]), np.log(np.array(tvs)[big]), 1)[0]

@@ -311,3 +311,13 @@ def test_product_target_matches_its_factors():
         parse_target("product:d=2,k=3,seed=0,distinct=2")
     with pytest.raises(ValueError, match="missing"):
         parse_target("product:d=2,k=3")
+
+
+@pytest.mark.parametrize("target_spec", ["gmm:d=1,k=3,seed=0", "gmm:d=2,k=3,seed=0"])
+def test_logdet_agrees_with_grid_within_its_ci(target_spec):
+    target = parse_target(target_spec)
+    for metric in ("kl", "tv"):
+        g = error("ddim", target, VP, 8, metric=metric, evaluator="grid")
+        m = error("ddim", target, VP, 8, metric=metric, evaluator="logdet", n=3000, seed=1)
+        assert abs(m.value - g.value) < m.uncertainty + g.uncertainty, (metric, m, g)
+        assert m.uncertainty < 0.6 * g.value  # KL ratios are heavy-tailed at T = 8
