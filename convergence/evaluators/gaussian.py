@@ -147,11 +147,15 @@ def _denoised(law: GaussianLaw, score: Score, process: Process, t_end: float) ->
 def _propagate_diagonal(spec, score, process, init, stages, opts, t_end) -> GaussianLaw | None:
     """Moments of a diagonal law through coordinate-wise affine steps in O(d) per step:
     x'_i = M_i x_i + v_i + std z_i, read off with the probes mean and mean + 1 and checked with
-    mean + delta (delta varying over coordinates). None when a step is not coordinate-wise (or
-    carries multistep state): the caller then propagates the full covariance."""
+    mean + delta (delta varying over coordinates) at the first steps, the last and every 16th.
+    None when a step is not coordinate-wise (or carries multistep state): the caller then
+    propagates the full covariance."""
     mean, var = init.mean, init.cov
     shift = torch.cos(torch.arange(mean.numel(), dtype=mean.dtype, device=mean.device) + 1.0)
-    for st in stages:
+    for i, st in enumerate(stages):
+        # being coordinate-wise is a property of the step's code path: verified at the first
+        # steps, the last one and every 16th (the probe costs a third of the work)
+        check = i < 3 or st.last or i % 16 == 0
         found = {}
 
         def step(z: Tensor, st=st, found=found) -> Tensor:
@@ -161,13 +165,14 @@ def _propagate_diagonal(spec, score, process, init, stages, opts, t_end) -> Gaus
             found["std"], found["state"] = tr.std, tr.state
             return tr.mean
 
-        out = step(torch.stack([mean, mean + 1.0, mean + shift]))
+        out = step(torch.stack([mean, mean + 1.0, mean + shift] if check else [mean, mean + 1.0]))
         if found["state"] is not None:
             return None
         m_diag = out[1] - out[0]
-        mismatch = (out[2] - out[0] - m_diag * shift).abs().max()
-        if mismatch > AFFINE_RTOL * (1.0 + m_diag.abs().max() + out[0].abs().max()):
-            return None
+        if check:
+            mismatch = (out[2] - out[0] - m_diag * shift).abs().max()
+            if mismatch > AFFINE_RTOL * (1.0 + m_diag.abs().max() + out[0].abs().max()):
+                return None
         mean, var = out[0], m_diag * m_diag * var
         if st.noisy and found["std"] > 0:
             var = var + found["std"] ** 2
