@@ -213,3 +213,17 @@ class BrownianTree:
             node = 2 * node + (~left).to(torch.int64)
         w = ((u - lo) / (hi - lo))[:, None]
         return b_lo + w * (b_hi - b_lo)
+
+
+@dataclass(frozen=True)
+class RefusedNoise:
+    """Noise source of a run that must draw no noise (a deterministic map is being checked):
+    any draw raises ValueError(message), with ``{step}`` replaced by the 1-based stage."""
+
+    message: str
+
+    def for_schedule(self, schedule) -> RefusedNoise:
+        return self
+
+    def draw(self, step: int, like: Tensor) -> Tensor:
+        raise ValueError(self.message.format(step=step + 1))

@@ -67,7 +67,7 @@ import torch
 from analytic.gmm import GaussianMixture
 from analytic.processes import Process
 from convergence.evaluators import ErrorEstimate
-from convergence.noise import BrownianNoise
+from convergence.noise import BrownianNoise, RefusedNoise
 from convergence.samplers import SamplerSpec, get_spec
 from convergence.samplers.base import Score, prepare, run_sampler
 
@@ -187,22 +187,6 @@ def closed_form_functions(
 # ---- coupled runs ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _NoiseRefused:
-    """Noise source for a deterministic sampler on a non-uniform schedule: a draw is refused."""
-
-    sampler: str
-
-    def for_schedule(self, schedule) -> _NoiseRefused:
-        return self
-
-    def draw(self, step: int, like: Tensor) -> Tensor:
-        raise ValueError(
-            f"sampler {self.sampler!r} adds noise on a non-uniform schedule; the coupled "
-            "evaluator needs a uniform schedule for Brownian-consistent noise"
-        )
-
-
 def _is_uniform(schedule) -> bool:
     widths = [t - t_next for t, t_next in schedule]
     return max(widths) - min(widths) <= 1e-9 * max(abs(w) for w in widths)
@@ -310,7 +294,11 @@ def run_levels(
     T sampler steps."""
     spec = get_spec(spec)
     uniform = check_coupling(spec, process, steps, t_end, options)
-    noise = _DrawCounter(BrownianNoise(seed) if uniform else _NoiseRefused(spec.name))
+    refused = RefusedNoise(
+        f"sampler {spec.name!r} adds noise on a non-uniform schedule; the coupled evaluator "
+        "needs a uniform schedule for Brownian-consistent noise"
+    )
+    noise = _DrawCounter(BrownianNoise(seed) if uniform else refused)
     outputs, nfe = [], 0
     for level in range(levels + 1):
         res = run_sampler(

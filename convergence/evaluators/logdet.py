@@ -74,6 +74,7 @@ from analytic.processes import Process
 from convergence.evaluators import ErrorEstimate
 from convergence.evaluators.coupled import Z95, delta_method
 from convergence.evaluators.flow import mixture_jacobian_score, push
+from convergence.noise import RefusedNoise
 from convergence.samplers import SamplerSpec, get_spec
 from convergence.samplers.base import plan, prepare, run_sampler
 from convergence.scores import Perturbation, parse_perturbation, perturbed_score
@@ -164,22 +165,6 @@ class OutputDensity:
         return self.log_q - self.log_p
 
 
-@dataclass(frozen=True)
-class _NoiseRefused:
-    """Noise source of the checking run: any noise draw means the sampler is not deterministic."""
-
-    sampler: str
-
-    def for_schedule(self, schedule) -> _NoiseRefused:
-        return self
-
-    def draw(self, step: int, like: Tensor) -> Tensor:
-        raise ValueError(
-            f"sampler {self.sampler!r} adds noise at stage {step + 1}; the logdet evaluator needs "
-            "a deterministic map (eta=0, churn=0, no final_noise)"
-        )
-
-
 def check_deterministic(
     spec: SamplerSpec, *, denoise: bool = False, options: dict | None = None
 ) -> None:
@@ -252,7 +237,10 @@ def output_density(
         process,
         x[:1],
         steps,
-        noise=_NoiseRefused(spec.name),
+        noise=RefusedNoise(
+            f"sampler {spec.name!r} adds noise at stage {{step}}; the logdet evaluator needs a "
+            "deterministic map (eta=0, churn=0, no final_noise)"
+        ),
         t_end=t_end,
         final_noise=final_noise,
         **options,
