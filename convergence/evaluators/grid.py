@@ -193,7 +193,7 @@ def _propagate(
             h = min(nodes.h, source.sigma / resolution) * 0.999
             h = min(h, tr.std / (resolution * stretch * 1.05))
             nodes = _nodes(source, h, d)
-            nodes, mean, std = _replay(spec, counted, process, nodes, pending, st, opts, t_end)
+            mean, std = _replay(spec, counted, process, nodes.x, pending, st, opts, t_end)
         else:
             mean, std = tr.mean, tr.std
         source = _Source(KernelSum(nodes.p * nodes.h**d, mean, std))
@@ -202,17 +202,18 @@ def _propagate(
     return source, pending, nodes, counted.calls
 
 
-def _replay(spec, score, process, nodes, pending, st, opts, t_end):
-    """Re-run a segment's deterministic stages and its noisy stage on new nodes (same calls)."""
+def _replay(spec, score, process, x, pending, st, opts, t_end) -> tuple[Tensor, float]:
+    """Mean and std of a segment's noisy stage, re-run with its deterministic stages from new
+    nodes x (the score calls are not counted again)."""
     calls = score.calls
-    x, state = nodes.x, None
+    state = None
     for s in [*pending, st]:
         tr = spec.step(
             score, process, x, s.t, s.t_next, **context_kwargs(spec, s, state, t_end), **opts
         )
         x, state = tr.mean, tr.state
     score.calls = calls  # a replay does not cost the sampler anything
-    return nodes, tr.mean, tr.std
+    return tr.mean, tr.std
 
 
 def _max_stretch(u: Tensor, c: Tensor, h: float) -> float:
