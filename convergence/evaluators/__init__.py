@@ -7,7 +7,8 @@ which ``evaluator="auto"`` tries them:
 * ``gaussian``: single-Gaussian targets and affine steps: exact output moments through the
   sampler's own steps, then closed forms (no Monte Carlo; round-off floor only);
 * ``grid``: d = 1 or 2, chains of Gaussian kernels: the output density on a grid, all metrics by
-  quadrature (W2 in 1-D only); uncertainty = change under one grid refinement;
+  quadrature (2-D TV by cut cells, 2-D W2 by the semi-dual over polynomial potentials);
+  uncertainty = change under one grid refinement (+ the W2 method's bound in 2-D);
 * ``tensor``: product targets (``product:d=...``) in any d, coordinate-separable scores: sums and
   products of exact 1-D grid results (TV through the Hellinger sandwich);
 * ``logdet``: deterministic chains in any d: exact output densities along n trajectories, KL /
@@ -124,8 +125,6 @@ def why_not(kind: str, target, spec: SamplerSpec, metric: str, *, perturbation, 
     if kind == "grid":
         if not mixture or target.dim > 2:
             return "it needs a mixture target in d = 1 or 2"
-        if metric == "w2" and target.dim != 1:
-            return "it gives W2 in d = 1 only"
         return "" if metric in EXACT_METRICS else f"it has no metric {metric!r}"
     if kind == "tensor":
         if not isinstance(target, ProductMixture):
@@ -333,6 +332,7 @@ def _on_grid(kind, spec, target, process, steps, metric, init, perturbation, com
                 reference=target.noised(process, kwargs["t_end"]),
                 perturbation=perturbation,
                 resolution=res,
+                metrics=(metric,),
                 **kwargs,
             )
             return out, True
@@ -352,9 +352,13 @@ def _on_grid(kind, spec, target, process, steps, metric, init, perturbation, com
 
     (coarse, _), (fine, tv_exact) = run(grid.RESOLUTION), run(grid.REFINED)
     value = grid.metric_value(fine, metric)
-    unc = abs(value - grid.metric_value(coarse, metric))
+    unc = abs(value - grid.metric_value(coarse, metric)) + grid.method_uncertainty(fine, metric)
     bounded = metric == "tv" and not tv_exact
     note = f"{fine.nodes} grid nodes; uncertainty = change under refinement"
+    if kind == "grid" and target.dim == 2 and metric == "w2":
+        note += " + the semi-dual's last increase in degree (analytic.transport)"
+    if fine.reference_missing > grid.UNRESOLVED:
+        note += f"; {fine.reference_missing:.2g} of the reference's mass lies outside the grid"
     return ErrorEstimate(
         value,
         unc,

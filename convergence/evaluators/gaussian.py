@@ -205,7 +205,7 @@ METRICS = ("kl", "w2", "hellinger", "tv")
 
 
 TV_BOUND_NOTE = (
-    "tv is the Hellinger upper bound H sqrt(2 - H^2) (exact TV needs d = 1 or equal "
+    "tv is the Hellinger upper bound H sqrt(2 - H^2) (exact TV needs d <= 2 or equal "
     "covariances); same slope as TV, lower bound H^2 in lower_bound"
 )
 
@@ -220,8 +220,9 @@ class Distance:
 def distance(metric: str, ref: GaussianLaw, out: GaussianLaw) -> Distance:
     """Distance between the reference law and the output law; KL is KL(reference || output).
 
-    TV is exact in 1-D and for equal covariances; otherwise the Hellinger upper bound
-    H sqrt(2 - H^2) is returned (same log-log slope as TV, THEORY.md 3.4) and marked inexact.
+    TV is exact in d <= 2 (`analytic.gaussian.tv_1d`, `tv_2d`) and for equal covariances; otherwise
+    (d >= 3) the Hellinger upper bound H sqrt(2 - H^2) is returned (same log-log slope as TV,
+    THEORY.md 3.4) and marked inexact.
     """
     if ref.diagonal and out.diagonal:
         return _diagonal_distance(metric, ref, out)

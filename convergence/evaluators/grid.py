@@ -24,16 +24,21 @@ cancellation:
     H^2            = sum_j w_j expm1(r_j / 2)^2 / 2,
     TV             = sum_j w_j |expm1(r_j)| / 2.
 
-TV's integrand has kinks where p_out = q; in 1-D the evaluator integrates exactly between the
-crossing points instead: TV = 1/2 sum_I |P(I) - Q(I)| over the intervals I between crossings, with
-P(I) from the source CDF at the crossing nodes u* and Q(I) from the reference CDF at Phi(u*), so
-crossing-point errors enter only at second order. In 2-D the kinks limit the trapezoid rule
-(relative 1e-4 to 1e-5 at the default spacing, reported by the refinement). W2 in 1-D is exact
-through quantile functions,
+TV's integrand has kinks where p_out = q, which would limit the trapezoid rule to second order.
+In 1-D the evaluator integrates exactly between the crossing points instead:
+TV = 1/2 sum_I |P(I) - Q(I)| over the intervals I between crossings, with P(I) from the source CDF
+at the crossing nodes u* and Q(I) from the reference CDF at Phi(u*), so crossing-point errors enter
+only at second order. In 2-D, TV = 1/2 int |q(Phi(u)) |det dPhi(u)| - p_src(u)| du by cut-cell
+quadrature (``analytic.abs_quadrature``: Gauss-Legendre on cells of one sign, refined cells with the
+zero line located where the sign changes; relative error about 1e-10 against a semi-analytic
+reference). W2 in 1-D is exact through quantile functions,
 
     W2^2 = int_0^1 (Q_out(a) - Q_ref(a))^2 da = sum_j w_j (Phi(u_j) - Q_ref(F_src(u_j)))^2,
 
-since Phi is increasing (checked). W2 in 2-D has no exact grid formula here and is refused.
+since Phi is increasing (checked). W2 in 2-D comes from the semi-dual of optimal transport over
+windowed Hermite potentials of increasing degree (``analytic.transport``): each degree gives a
+lower bound, exact for Gaussian pairs (affine maps); for mixtures the last increase is reported as
+the method's uncertainty on top of the refinement.
 
 Every value is computed twice, at RESOLUTION and at a finer REFINED spacing; the finer value is
 returned and the difference is its uncertainty.
@@ -47,6 +52,7 @@ from dataclasses import dataclass
 
 import torch
 
+from analytic.abs_quadrature import integrate_abs_2d
 from analytic.gmm import GaussianMixture
 from analytic.processes import Process
 from analytic.quadrature import (
@@ -57,6 +63,7 @@ from analytic.quadrature import (
     mixture_quantile,
     uniform_grid,
 )
+from analytic.transport import semidual_w2sq, w2_from_w2sq
 from convergence.evaluators.flow import mixture_jacobian_score, push
 from convergence.samplers.base import (
     CountingScore,
@@ -83,16 +90,23 @@ METRICS = ("kl", "tv", "hellinger", "w2")
 
 @dataclass(frozen=True)
 class GridResult:
-    """All metrics of one grid propagation: KL, TV, H^2 (so that products can combine them) and
-    W2^2 (1-D only, else None), plus the score calls per trajectory and the final node count."""
+    """The metrics of one grid propagation: KL, TV, H^2 (so that products can combine them) and
+    W2^2 (None when not requested: the 2-D TV and W2 cost more than the rest), the score calls
+    per trajectory, the final node count, and the methods' own error bounds beyond the
+    quadrature (2-D: the semi-dual W2^2 interval half-width, the box's missing mass for TV)."""
 
     kl: float
-    tv: float
+    tv: float | None
     h2: float
     w2sq: float | None
     nfe: int
     nodes: int
     mass: float
+    tv_uncertainty: float = 0.0
+    w2sq_uncertainty: float = 0.0
+    reference_missing: float = 0.0  # 1 - (reference mass on the grid): outside the source's box
+    edge_log_ratio: float = 0.0  # max over the nodes of log(q / p_out)
+    diameter: float = 0.0  # of the output nodes
 
 
 # ---- sources: the law at the start of a segment ----------------------------------------------
@@ -120,6 +134,11 @@ class _Source:
 
     def log_density(self, u: Tensor) -> Tensor:
         return self.law.log_density(u) if isinstance(self.law, KernelSum) else self.law.log_prob(u)
+
+    def density_at(self, u: Tensor) -> Tensor:
+        if isinstance(self.law, KernelSum):
+            return self.law.density_at(u)
+        return torch.exp(self.law.log_prob(u))
 
     def cdf(self, u: Tensor, upper: bool = False) -> Tensor:
         if isinstance(self.law, KernelSum):
@@ -296,13 +315,55 @@ def _tv_1d(source: _Source, nodes: _Nodes, r: Tensor, w: Tensor, final, referenc
     return 0.5 * tv
 
 
-def _tv_2d(nodes: _Nodes, f: Tensor) -> float:
-    """2-D TV = 1/2 sum_j |f_j| over the source grid (f = w (rho - 1)): the trapezoid rule, whose
-    accuracy the kinks of |f| along the crossing curve limit (measured: relative error 3e-4 at
-    h = sigma/1.5, 6e-5 at sigma/3 for ddpm on gaussian:d=2; the refinement reports it). A local
-    kink correction (exact integral of |linear interpolant| in each crossing cell) was tried and
-    over-corrects at these spacings, so it is not used."""
-    return 0.5 * float(f.abs().sum())
+def _law_scale(source: _Source) -> float:
+    """The smallest scale on which a source law varies: its components' smallest standard deviation
+    for a mixture. A kernel sum is the previous law carried by a step and smoothed by the kernel,
+    with no cheaper bound than the reference it approximates (the kernel width only bounds it from
+    below); there the reference's scale decides and the refinement check reports the rest."""
+    return source.sigma if not isinstance(source.law, KernelSum) else math.inf
+
+
+def _tv_2d(source: _Source, h: float, final, reference) -> tuple[float, float]:
+    """2-D TV = 1/2 int |f| du over the source box, f(u) = q(Phi(u)) |det dPhi(u)| - p_src(u),
+    by cut-cell quadrature (``analytic.abs_quadrature``): Gauss-Legendre cells where f keeps its
+    sign, refined cells with the zero line located where it changes; f is evaluated exactly at
+    every quadrature point (each point pushed through the final deterministic stretch).
+
+    The cells have the side h given by the caller: the scale on which f varies, i.e. the
+    reference's smallest standard deviation pulled back through Phi (not the width of the source's
+    kernels, which only the kernel-sum representation needs). Returns (TV, |int f|), the second
+    being the mass difference that the box misses (0 when both laws lie inside it)."""
+
+    def parts(u: Tensor, axes=None, mask=None) -> tuple[Tensor, Tensor]:
+        y, logdet = final(u)
+        if axes is None:
+            src = source.density_at(u)
+        else:  # banded evaluation on the tensor grid, then the selected nodes
+            src = source.density(Grid(axes, float(axes[0][1] - axes[0][0]))).reshape(mask.shape)[
+                mask
+            ]
+        return torch.exp(reference.log_prob(y) + logdet), src
+
+    def f(u: Tensor, axes=None, mask=None) -> Tensor:
+        pulled, src = parts(u, axes, mask)
+        return pulled - src
+
+    def envelope(u: Tensor, axes=None, mask=None) -> Tensor:
+        pulled, src = parts(u, axes, mask)
+        return pulled + src
+
+    lo, hi = source.lo, source.hi
+    shape = tuple(int(math.ceil(float(b - a) / h)) for a, b in zip(lo, hi, strict=True))
+    total_abs, total, _ = integrate_abs_2d(
+        f,
+        (float(lo[0]), float(lo[1])),
+        h,
+        shape,
+        magnitude=envelope,
+        dtype=lo.dtype,
+        device=lo.device,
+    )
+    return 0.5 * total_abs, abs(total)
 
 
 def _w2sq_1d(source: _Source, nodes: _Nodes, y: Tensor, w: Tensor, reference) -> float:
@@ -327,9 +388,11 @@ def grid_metrics(
     perturbation=None,
     final_noise: bool = False,
     resolution: float = RESOLUTION,
+    metrics: tuple[str, ...] = METRICS,
     **options,
 ) -> GridResult:
-    """All grid metrics of one sampler run at one resolution (see the module docstring)."""
+    """The grid metrics of one sampler run at one resolution (see the module docstring); TV and
+    W2 only when named in ``metrics`` (KL and Hellinger come at no extra cost)."""
     from convergence.scores import perturbed_score
 
     d = target.dim
@@ -371,33 +434,80 @@ def grid_metrics(
     r = reference.log_prob(y) - (torch.log(nodes.p) - logdet)
     kl = float((w * _kl_integrand(r)).sum())
     h2 = 0.5 * float((w * torch.expm1(0.5 * r).square()).sum())
+    tv = w2sq = None
+    tv_unc = w2sq_unc = 0.0
     if d == 1:
-        tv = _tv_1d(source, nodes, r, w, final, reference)
-        if pushed is not None and not bool((pushed.jacobian[:, 0, 0] > 0).all()):
-            raise ValueError(f"sampler {spec.name!r}: the output map is not increasing")
-        w2sq = _w2sq_1d(source, nodes, y, w, reference)
+        if "tv" in metrics:
+            tv = _tv_1d(source, nodes, r, w, final, reference)
+        if "w2" in metrics:
+            if pushed is not None and not bool((pushed.jacobian[:, 0, 0] > 0).all()):
+                raise ValueError(f"sampler {spec.name!r}: the output map is not increasing")
+            w2sq = _w2sq_1d(source, nodes, y, w, reference)
     else:
-        tv = _tv_2d(nodes, w * torch.expm1(r))
-        w2sq = None
-    return GridResult(kl, tv, h2, w2sq, nfe, int(nodes.u.shape[0]), float(w.sum()))
+        if "tv" in metrics:
+            gain = 1.0 if pushed is None else _max_gain(pushed.jacobian)
+            h_tv = min(_Source(reference).sigma / gain, _law_scale(source)) / resolution
+            tv, tv_unc = _tv_2d(source, h_tv, final, reference)
+        if "w2" in metrics:
+            semi = semidual_w2sq(y, w, reference)
+            w2sq, w2sq_unc = semi.w2sq, semi.uncertainty
+    missing = max(0.0, 1.0 - float((w * torch.exp(r)).sum()))
+    diameter = float((y.max(0).values - y.min(0).values).norm())
+    return GridResult(
+        kl,
+        tv,
+        h2,
+        w2sq,
+        nfe,
+        int(nodes.u.shape[0]),
+        float(w.sum()),
+        tv_unc,
+        w2sq_unc,
+        missing,
+        float(r.max()),
+        diameter,
+    )
 
 
 def metric_value(result: GridResult, metric: str) -> float:
     """The named metric of a grid result (Hellinger H = sqrt(H^2), W2 = sqrt(W2^2))."""
     if metric == "kl":
         return result.kl
-    if metric == "tv":
-        return result.tv
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
     if metric == "hellinger":
         return math.sqrt(max(result.h2, 0.0))
-    if metric == "w2":
-        if result.w2sq is None:
-            raise ValueError(
-                "the grid evaluator gives W2 in 1-D only (no exact 2-D W2 from a density on a "
-                "grid); use evaluator 'coupled' for a W2 upper bound or 'samples'"
-            )
-        return math.sqrt(max(result.w2sq, 0.0))
-    raise ValueError(f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+    value = result.tv if metric == "tv" else result.w2sq
+    if value is None:
+        raise ValueError(f"metric {metric!r} was not computed (pass it in metrics=)")
+    return value if metric == "tv" else math.sqrt(max(value, 0.0))
+
+
+UNRESOLVED = 1e-3  # reference mass outside the grid above which KL and W2 are not resolved
+
+
+def method_uncertainty(result: GridResult, metric: str) -> float:
+    """The metric's error bound from its method (beyond the grid refinement).
+
+    The grid covers the output law's box; reference mass m outside it (a sampler whose output is
+    narrower than the reference) changes TV and H^2 by at most m. For KL(q || p_out) it adds
+    about m (1 + r_edge), r_edge the largest log-ratio log(q / p_out) on the grid (the log-ratio
+    grows outwards), for W2^2 at most m times the squared diameter of the output nodes; above
+    m = UNRESOLVED KL and W2 are reported as unresolved (uncertainty >= value)."""
+    m = result.reference_missing
+    if metric == "tv":
+        return result.tv_uncertainty + m
+    if metric == "hellinger":
+        return math.sqrt(result.h2 + m) - math.sqrt(result.h2)
+    value = metric_value(result, metric)
+    if m > UNRESOLVED:
+        return max(value, 1.0)
+    if metric == "kl":
+        return m * (1.0 + max(result.edge_log_ratio, 0.0))
+    if result.w2sq is None:
+        return 0.0
+    w2sq_unc = result.w2sq_uncertainty + m * result.diameter**2
+    return w2_from_w2sq(result.w2sq, w2sq_unc)[1]
 
 
 def refined_pair(run: Callable[[float], GridResult]) -> tuple[GridResult, GridResult]:

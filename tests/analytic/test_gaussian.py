@@ -1,8 +1,9 @@
 """Closed-form Gaussian divergences against independent computations.
 
 References: the textbook formulas in numpy (moderate differences), POT's Bures-Wasserstein distance,
-scipy quadrature of the 1-D densities, a 2-D trapezoid grid, 50-digit mpmath for the 1-D TV, and the
-second-order expansions derived below for tiny differences, where the textbook formulas fail.
+scipy quadrature of the 1-D densities, a 2-D trapezoid grid, 50-digit mpmath for the 1-D TV,
+30-digit mpmath with scipy quadrature and a closed form for the 2-D TV, and the second-order
+expansions derived below for tiny differences, where the textbook formulas fail.
 """
 
 from __future__ import annotations
@@ -18,7 +19,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate, stats
 
-from analytic.gaussian import TVResult, hellinger, kl, tv, tv_1d, tv_bounds, tv_equal_cov, w2
+from analytic.gaussian import (
+    TVResult,
+    hellinger,
+    kl,
+    tv,
+    tv_1d,
+    tv_2d,
+    tv_bounds,
+    tv_equal_cov,
+    w2,
+)
 
 F64 = torch.float64
 
@@ -317,12 +328,176 @@ def test_tv_general_case_returns_upper_bound_proxy() -> None:
     assert _rel(upper, math.sqrt(h2 * (2 - h2))) < 1e-10
 
 
+# ----------------------------------------------------------------------------- 2-D total variation
+#
+# tv_2d whitens by one covariance, rotates to the eigenvectors of the relative difference and
+# integrates over one of the new coordinates. The references below use none of that: closed
+# forms, tv_1d and tv_equal_cov, and a 30-digit computation in the original coordinates that
+# conditions on the second coordinate.
+
+
+def _tv_2d_mpmath(m0, S0, m1, S1, dS=None, dps: int = 30) -> float:
+    """TV = 1/2 int |p0 - p1| with x2 outer (scipy quad, relative 1e-13) and x1 inner, exact at
+    `dps` digits: given x2 the laws are a_i(x2) N(c_i, v_i) in x1, the log-ratio is
+    A x1^2 + B x1 + C with textbook roots, and the inner integral is the sum of
+    |a0 dF0 - a1 dF1| over the pieces between them. B^2 - 4AC is quadratic in x2; its roots
+    (where two crossings merge and the integrand has a kink-like singularity) are break points.
+    With dS given, S1 = S0 - dS exactly."""
+    with mpmath.workdps(dps):
+        mp = mpmath.mpf
+        means = [[mp(float(v)) for v in m] for m in (m0, m1)]
+        cov0 = [[mp(float(S0[i][j])) for j in (0, 1)] for i in (0, 1)]
+        cov1 = [
+            [
+                mp(float(S1[i][j])) if dS is None else cov0[i][j] - mp(float(dS[i][j]))
+                for j in (0, 1)
+            ]
+            for i in (0, 1)
+        ]
+        sds = [float(mpmath.sqrt(S[1][1])) for S in (cov0, cov1)]
+
+        def laws(x2):
+            """(log a_i, c_i, v_i) for both laws given x2."""
+            out = []
+            for m, S in zip(means, (cov0, cov1), strict=True):
+                log_a = (
+                    -((x2 - m[1]) ** 2) / (2 * S[1][1]) - mpmath.log(2 * mpmath.pi * S[1][1]) / 2
+                )
+                beta = S[0][1] / S[1][1]
+                out.append((log_a, m[0] + beta * (x2 - m[1]), S[0][0] - beta * S[0][1]))
+            return out
+
+        def quadratic(x2):
+            (la0, c0, v0), (la1, c1, v1) = laws(x2)
+            a = 1 / (2 * v1) - 1 / (2 * v0)
+            b = c0 / v0 - c1 / v1
+            c = c1**2 / (2 * v1) - c0**2 / (2 * v0) + la0 - la1 + mpmath.log(v1 / v0) / 2
+            return a, b, c, b * b - 4 * a * c
+
+        def inner(x2: float) -> float:
+            a, b, c, disc = quadratic(mp(x2))
+            if a == 0:
+                cuts = [-c / b] if b != 0 else []
+            else:
+                cuts = [(-b + k * mpmath.sqrt(disc)) / (2 * a) for k in (-1, 1)] if disc > 0 else []
+            edges = [mpmath.ninf, *sorted(cuts), mpmath.inf]
+            total = mp(0)
+            for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+                mass = [
+                    mpmath.exp(la) * (mpmath.ncdf(hi, c, v**0.5) - mpmath.ncdf(lo, c, v**0.5))
+                    for la, c, v in laws(mp(x2))
+                ]
+                total += abs(mass[0] - mass[1])
+            return float(total)
+
+        d = [quadratic(mp(x))[3] for x in (-1, 0, 1)]
+        fold_poly = [float((d[0] + d[2]) / 2 - d[1]), float((d[2] - d[0]) / 2), float(d[1])]
+        folds = {float(r.real) for r in np.roots(fold_poly) if abs(r.imag) < 1e-9}
+        ends = [float(m[1]) + k * sd for m, sd in zip(means, sds, strict=True) for k in (-20, 20)]
+        lo, hi = min(ends), max(ends)
+        points = {
+            float(m[1]) + k * sd for m, sd in zip(means, sds, strict=True) for k in (-3, 0, 3)
+        }
+        points = sorted(p for p in points | folds if lo < p < hi)
+        value = integrate.quad(inner, lo, hi, points=points, limit=2000, epsabs=0.0, epsrel=1e-13)
+        return 0.5 * value[0]
+
+
+def _rotation(angle: float) -> np.ndarray:
+    return np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+
+
+@pytest.mark.parametrize(
+    ("scale", "kind"),
+    [(0.3, "both"), (1e-2, "cov"), (1e-4, "both"), (1e-6, "mean"), (1e-7, "cov")],
+)
+def test_tv_2d_matches_mpmath_in_the_other_decomposition(scale: float, kind: str) -> None:
+    # TV from 1e-1 down to 7e-9: nearly equal covariances (dS passed), equal means ("cov"),
+    # equal covariances up to rounding in S1 = S0 - dS ("mean" has dS = 0: tv_equal_cov's regime
+    # reached through tv_2d)
+    rng = np.random.default_rng(int(-math.log10(scale)))
+    S0, E = _spd(rng, 2), _sym(rng, 2)
+    E *= np.linalg.eigvalsh(S0)[0] / (2.0 * np.abs(np.linalg.eigvalsh(E)).max())  # S1 stays SPD
+    dS = scale * E if kind != "mean" else np.zeros((2, 2))
+    m0 = rng.standard_normal(2)
+    m1 = m0 + (scale * rng.standard_normal(2) if kind != "cov" else 0.0)
+    S1 = S0 - dS
+    got = tv_2d(_t(m0), _t(S0), _t(m1), _t(S1), dS=_t(dS))
+    ref = _tv_2d_mpmath(m0, S0, m1, S1, dS=dS)
+    assert 1e-2 * scale < ref < scale  # the pair has the intended size
+    assert _rel(got, ref) < 1e-9, (float(got), ref)
+
+
+@pytest.mark.parametrize("delta", [1e4, 2.0, 0.5, 1e-3, 1e-8, 1e-12, -1e-10, -1e-4, -0.3, -0.999])
+def test_tv_2d_scaled_covariance_closed_form(delta: float) -> None:
+    # N(m, (1 + delta) S) vs N(m, S): after whitening the densities cross on the circle
+    # |z|^2 = rho with rho = 2 c log(c) / (c - 1), c = 1 + delta, and |z|^2 ~ c chi^2_2 resp.
+    # chi^2_2, P(chi^2_2 <= t) = 1 - exp(-t / 2), so
+    #   TV = |exp(-rho / (2c)) - exp(-rho / 2)| = c^(-1/(c-1)) |c - 1| / c
+    #      = exp(-log1p(delta) / delta) |delta| / (1 + delta)   (no cancellation).
+    S, m = np.array([[2.0, 0.7], [0.7, 0.5]]), np.array([0.3, -1.0])
+    ref = math.exp(-math.log1p(delta) / delta) * abs(delta) / (1.0 + delta)
+    dS = delta * S
+    assert _rel(tv_2d(_t(m), _t(S + dS), _t(m), _t(S), dS=_t(dS)), ref) < 1e-12
+
+
+@pytest.mark.parametrize("dm_scale", [1.0, 1e-3, 1e-8])
+def test_tv_2d_equal_covariances_match_tv_equal_cov(dm_scale: float) -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        S, m0 = _spd(rng, 2), rng.standard_normal(2)
+        m1 = m0 + dm_scale * rng.standard_normal(2)
+        ref = tv_equal_cov(_t(m0), _t(m1), _t(S))
+        assert _rel(tv_2d(_t(m0), _t(S), _t(m1), _t(S)), ref) < 1e-12
+        # continuity: TV is Lipschitz in (m, S), so a covariance difference 1e-13 times the mean
+        # difference moves it by a relative O(1e-13)
+        dS = 1e-13 * dm_scale * _sym(rng, 2)
+        got = tv_2d(_t(m0), _t(S + dS), _t(m1), _t(S), dS=_t(dS))
+        assert _rel(got, ref) < 1e-12
+
+
+@pytest.mark.parametrize(
+    ("mx0", "vx0", "mx1", "vx1"), [(0.0, 1.0, 0.5, 2.0), (1.0, 0.3, 1.0, 0.3 + 1e-9)]
+)
+@pytest.mark.parametrize("angle", [0.0, 0.9])
+def test_tv_2d_with_one_shared_coordinate_is_tv_1d(mx0, vx0, mx1, vx1, angle: float) -> None:
+    # independent coordinates, the second one N(0.7, 1.9) in both laws: TV is that of the first
+    # coordinate; a common rotation does not change it
+    Q, my, vy = _rotation(angle), 0.7, 1.9
+    S0, S1 = Q @ np.diag([vx0, vy]) @ Q.T, Q @ np.diag([vx1, vy]) @ Q.T
+    dS = Q @ np.diag([vx0 - vx1, 0.0]) @ Q.T
+    m0, m1 = Q @ np.array([mx0, my]), Q @ np.array([mx1, my])
+    ref = tv_1d(mx0, vx0, mx1, vx1, dv=vx0 - vx1)
+    got = tv_2d(_t(m0), _t(0.5 * (S0 + S0.T)), _t(m1), _t(0.5 * (S1 + S1.T)), dS=_t(dS))
+    assert _rel(got, ref) < 1e-12
+
+
+def test_tv_2d_symmetric_and_invariant_under_rigid_motions() -> None:
+    rng = np.random.default_rng(9)
+    for scale in (1.0, 1e-5):
+        m0, S0 = rng.standard_normal(2), _spd(rng, 2)
+        dS = scale * _sym(rng, 2)
+        m1, S1 = m0 + scale * rng.standard_normal(2), S0 - dS
+        value = tv_2d(_t(m0), _t(S0), _t(m1), _t(S1), dS=_t(dS))
+        swapped = tv_2d(_t(m1), _t(S1), _t(m0), _t(S0), dS=_t(-dS))
+        assert _rel(swapped, value) < 1e-12
+        Q, shift = _rotation(2.1), np.array([3.0, -1.5])
+        moved = [_t(Q @ m + shift) for m in (m0, m1)]
+        covs = [_t(Q @ S @ Q.T) for S in (S0, S1, dS)]
+        got = tv_2d(moved[0], covs[0], moved[1], covs[1], dS=covs[2])
+        # rounding the moved means changes m1 - m0 by ~eps |m|, a relative 1e-11 at scale 1e-5
+        assert _rel(got, value) < 1e-12 + 1e-15 / scale
+        result = tv(_t(m0), _t(S0), _t(m1), _t(S1), dS=_t(dS))
+        assert result.exact and float(result.value) == float(value)
+        assert float(result.lower) == float(result.upper) == float(value)
+
+
 # ----------------------------------------------------------------------------- properties
 
 
 @st.composite
-def gaussian_pairs(draw):
-    d = draw(st.integers(1, 4))
+def gaussian_pairs(draw, min_d: int = 1, max_d: int = 4):
+    d = draw(st.integers(min_d, max_d))
     entries = st.floats(-2.0, 2.0, allow_nan=False, allow_infinity=False)
 
     def array(n: int) -> np.ndarray:
@@ -350,6 +525,17 @@ def test_properties_of_random_pairs(pair) -> None:
     outputs = [kl(*f32), w2(*f32), hellinger(*f32), *tv_bounds(*f32), tv(*f32).value]
     assert all(out.dtype == torch.float32 and out.ndim == 0 for out in outputs)
     assert abs(float(outputs[2]) - h) < 1e-3
+
+
+@settings(max_examples=30, deadline=None, derandomize=True, database=None)
+@given(gaussian_pairs(2, 2))
+def test_tv_2d_within_hellinger_sandwich(pair) -> None:
+    # H^2 <= TV <= H sqrt(2 - H^2) (THEORY.md 3.4), both sides computed independently of tv_2d
+    m0, S0, m1, S1 = map(_t, pair)
+    value = float(tv_2d(m0, S0, m1, S1))
+    lower, upper = map(float, tv_bounds(m0, S0, m1, S1))
+    assert lower * (1 - 1e-12) <= value <= upper * (1 + 1e-12) and value <= 1.0
+    assert abs(value - float(tv_2d(m1, S1, m0, S0))) <= 1e-12 * value
 
 
 def test_python_and_numpy_inputs_default_to_float64() -> None:
@@ -386,6 +572,11 @@ _I2 = [[1.0, 0.0], [0.0, 1.0]]
         (lambda: tv_1d(0.0, 1.0, 0.0, 1.5, dv=0.1), "dv must equal v0 - v1"),
         (lambda: tv_equal_cov([0.0, 0.0], [0.0], _I2), r"m1 must have shape \(d,\)"),
         (lambda: tv_bounds([0.0], [[0.0]], [0.0], [[1.0]]), "S0 must be positive definite"),
+        (lambda: tv_2d([0.0], [[1.0]], [0.0], [[2.0]]), "tv_2d needs d = 2"),
+        (lambda: tv_2d([0.0] * 3, np.eye(3), [0.0] * 3, 2 * np.eye(3)), "tv_2d needs d = 2"),
+        (lambda: tv_2d([0.0], _I2, [0.0, 0.0], _I2), r"m0 must have shape \(d,\) = \(2,\)"),
+        (lambda: tv_2d([0.0, 0.0], _I2, [0.0, 0.0], [[1.0, 2.0], [2.0, 1.0]]), "S1 must be posit"),
+        (lambda: tv_2d([0.0, 0.0], _I2, [0.0, 0.0], _I2, dS=[[0.1, 0], [0, 0]]), "dS must equal"),
     ],
 )
 def test_invalid_inputs_raise_clear_errors(call, message: str) -> None:

@@ -127,8 +127,17 @@ def test_exact_tv_order_in_one_dimension(name):
     assert abs(res.fit.slope - REGISTRY[name].expected_slope("tv")) < 0.1
 
 
-def test_tv_bound_in_two_dimensions_is_marked():
+def test_exact_tv_order_in_two_dimensions():
+    """In 2-D the Gaussian TV is exact too (analytic.gaussian.tv_2d)."""
     res = check_order(REGISTRY["ddim"], "tv")
+    assert all(p.exact and p.lower_bound is None for p in res.points)
+    assert res.verdict == "consistent"
+
+
+def test_tv_bound_in_three_dimensions_is_marked():
+    res = measure_rate(
+        REGISTRY["ddim"], gaussian_target(3), VP(), STEPS, metric="tv", evaluator="gaussian"
+    )
     assert not any(p.exact for p in res.points)
     assert all(p.lower_bound <= p.value for p in res.points) and res.points[0].note
     assert res.verdict == "consistent"
