@@ -1,7 +1,9 @@
-"""Benchmark: the grid evaluator in 1-D, T = 1000 steps, default grid (two resolutions, as
-``convergence.error`` runs it), on gmm:d=1,k=3,seed=0 under VP.
+"""Benchmark: the grid evaluator, default grid (two resolutions, as ``convergence.error`` runs
+it), under VP: by default in 1-D, T = 1000 steps, on gmm:d=1,k=3,seed=0; pass a 2-D target to time
+the cut-cell TV and the semi-dual W2.
 
-Run: python benchmarks/grid_evaluator.py [T]
+Run: python benchmarks/grid_evaluator.py [T] [TARGET]
+     python benchmarks/grid_evaluator.py 100 gmm:d=2,k=3,seed=0
 """
 
 import os
@@ -18,7 +20,7 @@ from convergence.targets import parse_target
 def main() -> None:
     T = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     torch.set_num_threads(1)  # vectors of a few thousand nodes: threads only add synchronisation
-    target = parse_target("gmm:d=1,k=3,seed=0")
+    target = parse_target(sys.argv[2] if len(sys.argv) > 2 else "gmm:d=1,k=3,seed=0")
     process = make_process("vp")
     for sampler in ("ddpm", "ddim", "ode-heun"):
         for metric in ("tv", "kl", "w2"):

@@ -5,6 +5,11 @@
     convergence rate [--sampler NAME] [--target SPEC] [--process vp|ve] [--metric NAME]
                      [--steps 20,40,...] [--evaluator auto|gaussian|grid|tensor|logdet|coupled|
                      samples] [--perturb SPEC] [--json]
+    convergence sweep CONFIG.toml [--out RESULTS.sqlite] [--executor local|dask] [--workers N]
+                      [--scheduler ADDRESS] [--dry-run] [--json] [--retry-failed] [--no-progress]
+    convergence export RESULTS.sqlite --csv FILE
+    convergence fit RESULTS.sqlite [--level X] [--json] [--markdown FILE] [--latex FILE]
+    convergence figure RESULTS.sqlite --out DIR
 
 Exit codes: 0 success, 2 bad usage or invalid input (one line on stderr), 1 a failed run.
 """
@@ -23,7 +28,7 @@ from convergence.evaluators import EVALUATORS, INITS, METRICS, NOISES
 from convergence.experiment import measure_rate
 from convergence.rates import local_slopes
 from convergence.samplers import REGISTRY, DivergenceError, get_spec
-from convergence.scores import PERTURBATIONS, parse_perturbation, score_error
+from convergence.scores import PERTURBATIONS, parse_perturbation, score_error_on_schedule
 from convergence.targets import TARGETS, parse_target
 
 DEFAULT_STEPS = "20,40,80,160,320,640,1280"
@@ -122,6 +127,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="sampler option, e.g. variance=beta_tilde for ddpm",
     )
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("sweep", help="run a sweep config (TOML) into a results store")
+    p.add_argument("config", help="the sweep's TOML file")
+    p.add_argument("--out", default=None, help="results store (default: CONFIG with .sqlite)")
+    p.add_argument("--executor", default="local", choices=["local", "dask"])
+    p.add_argument("--workers", type=int, default=None, help="local workers (default: cores)")
+    p.add_argument("--scheduler", default=None, help="dask scheduler address, e.g. tcp://h:8786")
+    p.add_argument("--dry-run", action="store_true", help="count the tasks and estimate the cost")
+    p.add_argument("--retry-failed", action="store_true", help="re-run tasks recorded as failed")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("export", help="export a results store to CSV")
+    p.add_argument("results")
+    p.add_argument("--csv", required=True, metavar="FILE")
+
+    p = sub.add_parser("fit", help="fit rates, verdicts and NFE-to-error speed-ups of a store")
+    p.add_argument("results")
+    p.add_argument("--level", type=float, default=None, help="error level for NFE-to-error")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--markdown", default=None, metavar="FILE")
+    p.add_argument("--latex", default=None, metavar="FILE")
+
+    p = sub.add_parser("figure", help="error vs T and vs NFE plots of a store (PDF + PNG)")
+    p.add_argument("results")
+    p.add_argument("--out", required=True, metavar="DIR")
     return parser
 
 
@@ -290,29 +321,130 @@ def cmd_rate(args) -> int:
 
 
 def _perturbation_size(perturbation, target, process, args) -> dict:
-    """eps_score and eps_jacobi of a perturbation over the score times of the largest run
-    (at most 200 of them, evenly spaced, for Monte Carlo sizes)."""
-    from convergence.samplers.base import check_t_end, prepare
-
-    spec = get_spec(args.sampler)
-    t_end = check_t_end(process, args.t_end)
-    opts = dict(args.option)
-    _, _, schedule = prepare(spec, process, max(args.steps), t_end, opts)
-    times = [t for t, _ in schedule]
-    if len(times) > 200:
-        times = [times[round(i * (len(times) - 1) / 199)] for i in range(200)]
-    err = score_error(target, process, perturbation, times, seed=args.seed)
+    """eps_score and eps_jacobi of a perturbation over the score times of the largest run."""
+    err, grid = score_error_on_schedule(
+        target,
+        process,
+        perturbation,
+        args.sampler,
+        max(args.steps),
+        t_end=args.t_end,
+        options=dict(args.option),
+        seed=args.seed,
+    )
     return {
         "eps_score": err.eps_score,
         "eps_score_ci": err.eps_score_ci,
         "eps_jacobi": err.eps_jacobi,
         "eps_jacobi_ci": err.eps_jacobi_ci,
         "method": err.method,
-        "grid": f"{len(times)} step start times of T = {max(args.steps)}",
+        "grid": grid,
     }
 
 
-COMMANDS = {"samplers": cmd_samplers, "targets": cmd_targets, "rate": cmd_rate}
+def cmd_sweep(args) -> int:
+    from pathlib import Path
+
+    from convergence.sweep.config import load_config
+    from convergence.sweep.runner import run_sweep
+
+    config = load_config(args.config)
+    out = Path(args.out) if args.out else Path(args.config).with_suffix(".sqlite")
+    if args.dry_run:
+        cost = config.estimate_cost()
+        if args.json:
+            print(json.dumps({**cost, "store": str(out)}, indent=2))
+        else:
+            print(f"{cost['tasks']} tasks; estimated cost: {_describe_cost(cost)}; store {out}")
+        return 0
+    summary = run_sweep(
+        config,
+        out,
+        executor=args.executor,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        progress=not args.no_progress,
+        retry_failed=args.retry_failed,
+    )
+    if args.json:
+        print(json.dumps({**summary.__dict__, "recorded": summary.recorded}, indent=2))
+    else:
+        print(
+            f"{summary.recorded} tasks run ({summary.ok} ok, {summary.diverged} diverged, "
+            f"{summary.failed} failed), {summary.skipped} already in {summary.store}; "
+            f"{summary.wall:.1f} s" + ("; interrupted" if summary.interrupted else "")
+        )
+    return 130 if summary.interrupted else 0
+
+
+def _describe_cost(cost: dict) -> str:
+    """cost units (score evaluations x points pushed) and tasks per evaluator."""
+    parts = [f"{cost['cost']:.3g} point-evaluations"] if "cost" in cost else []
+    by = cost.get("by_evaluator") or {}
+    if by:
+        parts.append("by evaluator: " + ", ".join(f"{k} {v}" for k, v in sorted(by.items())))
+    if cost.get("refused"):
+        parts.append(f"{cost['refused']} refused by their evaluator")
+    return "; ".join(parts) or "n/a"
+
+
+def _open_results(path: str):
+    from pathlib import Path
+
+    from convergence.sweep.store import Store
+
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such results store")
+    return Store(path)
+
+
+def cmd_export(args) -> int:
+    from convergence.sweep.store import export_csv
+
+    _open_results(args.results).close()
+    rows = export_csv(args.results, args.csv)
+    print(f"{rows} rows written to {args.csv}")
+    return 0
+
+
+def cmd_fit(args) -> int:
+    from convergence.analysis import analyse
+    from convergence.tables import to_json, to_latex, to_markdown
+
+    with _open_results(args.results) as store:
+        records = store.records()
+    result = analyse(records, level=args.level)
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(to_markdown(result))
+    if args.latex:
+        with open(args.latex, "w") as fh:
+            fh.write(to_latex(result))
+    print(json.dumps(to_json(result), indent=2) if args.json else to_markdown(result))
+    return 0
+
+
+def cmd_figure(args) -> int:
+    from convergence.analysis import analyse
+    from convergence.figures import plot_curves
+
+    with _open_results(args.results) as store:
+        records = store.records()
+    paths = plot_curves(analyse(records), args.out)
+    for path in paths:
+        print(path)
+    return 0
+
+
+COMMANDS = {
+    "samplers": cmd_samplers,
+    "targets": cmd_targets,
+    "rate": cmd_rate,
+    "sweep": cmd_sweep,
+    "export": cmd_export,
+    "fit": cmd_fit,
+    "figure": cmd_figure,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

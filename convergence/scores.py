@@ -561,3 +561,31 @@ def score_error(
         eps_score2_t=s2,
         eps_jacobi2_t=j2,
     )
+
+
+def score_error_on_schedule(
+    target: GaussianMixture,
+    process: Process,
+    perturbation: Perturbation | None,
+    sampler: str,
+    steps: int,
+    *,
+    t_end: float | None = None,
+    options: dict | None = None,
+    seed: int = 0,
+    max_times: int = 200,
+) -> tuple[ScoreError, str]:
+    """``score_error`` over the step start times of ``sampler`` run with ``steps`` steps (at most
+    ``max_times`` of them, evenly spaced, to bound Monte Carlo costs), and a description of that
+    grid."""
+    from convergence.samplers import get_spec
+    from convergence.samplers.base import check_t_end, prepare
+
+    spec = get_spec(sampler)
+    t_end = check_t_end(process, t_end)
+    _, _, schedule = prepare(spec, process, steps, t_end, dict(options or {}))
+    times = [t for t, _ in schedule]
+    if len(times) > max_times:
+        times = [times[round(i * (len(times) - 1) / (max_times - 1))] for i in range(max_times)]
+    err = score_error(target, process, perturbation, times, seed=seed)
+    return err, f"{len(times)} step start times of T = {steps}"

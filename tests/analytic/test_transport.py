@@ -10,11 +10,13 @@ from analytic.gmm import GaussianMixture
 from analytic.quadrature import mixture_cdf, mixture_quantile
 from analytic.transport import gauss_hermite_rule, semidual_w2sq, w2_from_w2sq
 
-torch.set_default_dtype(torch.float64)
+F64 = torch.float64
 
 
 def _gaussian(mean, cov):
-    return GaussianMixture([1.0], torch.tensor(mean)[None], torch.tensor(cov)[None])
+    return GaussianMixture(
+        [1.0], torch.tensor(mean, dtype=F64)[None], torch.tensor(cov, dtype=F64)[None]
+    )
 
 
 def test_gaussian_pair_is_exact_at_degree_two():
@@ -37,7 +39,9 @@ def test_gaussian_pair_is_exact_at_degree_two():
 def _pushed_mixture(amp: float):
     """q = T # p for the increasing map T(x) = x + amp sin(x) on a 1-D mixture: then T is the
     optimal map and W2^2 = E_p[(amp sin x)^2] (exact by Gauss-Hermite)."""
-    p = GaussianMixture([0.3, 0.45, 0.25], torch.tensor([[-1.5], [0.4], [2.0]]), [0.6, 0.8, 0.5])
+    p = GaussianMixture(
+        [0.3, 0.45, 0.25], torch.tensor([[-1.5], [0.4], [2.0]], dtype=F64), [0.6, 0.8, 0.5]
+    )
     x, w = gauss_hermite_rule(p, 120)
     return p, x + amp * torch.sin(x), w, float(w @ (amp * torch.sin(x[:, 0])) ** 2)
 
@@ -54,8 +58,8 @@ def test_bounds_increase_and_the_interval_holds_the_exact_value(amp):
 
 def test_one_dimensional_mixture_against_quantile_w2():
     """Exact 1-D W2^2 = int (Q_q - Q_p)^2 between two mixtures (quantile functions)."""
-    p = GaussianMixture([0.3, 0.7], torch.tensor([[-1.0], [1.0]]), [0.5, 0.7])
-    q = GaussianMixture([0.32, 0.68], torch.tensor([[-0.95], [1.02]]), [0.52, 0.69])
+    p = GaussianMixture([0.3, 0.7], torch.tensor([[-1.0], [1.0]], dtype=F64), [0.5, 0.7])
+    q = GaussianMixture([0.32, 0.68], torch.tensor([[-0.95], [1.02]], dtype=F64), [0.52, 0.69])
     y, w = gauss_hermite_rule(q, 120)
     level = mixture_cdf(q, y[:, 0])
     exact = float(
@@ -75,8 +79,8 @@ def test_w2_from_w2sq_carries_the_interval():
 def test_rejects_bad_input():
     p = _gaussian([0.0, 0.0], [[1.0, 0.0], [0.0, 1.0]])
     with pytest.raises(ValueError, match="shape"):
-        semidual_w2sq(torch.zeros(5, 3), torch.ones(5) / 5, p)
+        semidual_w2sq(torch.zeros(5, 3, dtype=F64), torch.ones(5, dtype=F64) / 5, p)
     with pytest.raises(ValueError, match="weights"):
-        semidual_w2sq(torch.zeros(5, 2), torch.ones(4) / 4, p)
+        semidual_w2sq(torch.zeros(5, 2, dtype=F64), torch.ones(4, dtype=F64) / 4, p)
     with pytest.raises(ValueError, match="degrees"):
-        semidual_w2sq(torch.zeros(5, 2), torch.ones(5) / 5, p, degrees=(4, 2))
+        semidual_w2sq(torch.zeros(5, 2, dtype=F64), torch.ones(5, dtype=F64) / 5, p, degrees=(4, 2))
