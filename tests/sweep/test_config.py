@@ -169,6 +169,19 @@ def test_invalid_config_names_key_in_one_line(text: str, key: str) -> None:
     assert isinstance(info.value, ValueError)
 
 
+@pytest.mark.parametrize(("text", "key"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
+def test_invalid_config_exits_2_from_the_command_line(text: str, key: str, tmp_path, capsys):
+    from convergence.cli import main
+
+    path = tmp_path / FILE
+    path.write_text(text)
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.count("\n") == 0 and f": {key}: " in err, err
+    assert not captured.out
+
+
 def test_enough_invalid_cases_and_processes_covered() -> None:
     assert len(INVALID) >= 25
     assert VE_ONLY or VP_ONLY, (
