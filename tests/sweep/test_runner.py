@@ -91,6 +91,9 @@ def _cli(args: list[str]) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,  # its own process group: the kill reaches the workers too
+        # a terminal's default: a shell's background job (as CI runs us) ignores SIGINT, and the
+        # child would inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
