@@ -381,10 +381,10 @@ def _fit_one(
         eps_j[i, j] = np.nan if r["eps_jacobi"] is None else float(r["eps_jacobi"])
     deterministic = key.evaluator in DETERMINISTIC_EVALUATORS
     mean, std_err, m = _mean_curve(e, se, deterministic)
-    floors = _nanmean(fl) if len(seeds) > 1 else fl[0]
-    nfe_t = np.nanmedian(nfe, axis=0)
-    eps_score = _nanmean(eps_s) if len(seeds) > 1 else eps_s[0]
-    eps_jacobi = _nanmean(eps_j) if len(seeds) > 1 else eps_j[0]
+    floors, eps_score, eps_jacobi = (
+        _nanmean(a) if len(seeds) != 1 else a[0] for a in (fl, eps_s, eps_j)
+    )  # no seeds (every row failed): empty columns
+    nfe_t = np.nanmedian(nfe, axis=0) if seeds else np.zeros(0)
     notes = []
     if duplicates:
         notes.append(f"{duplicates} duplicate (seed, T) rows: the last one is used")

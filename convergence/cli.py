@@ -153,6 +153,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("figure", help="error vs T and vs NFE plots of a store (PDF + PNG)")
     p.add_argument("results")
     p.add_argument("--out", required=True, metavar="DIR")
+
+    p = sub.add_parser("claims", help="the seed papers' claims with their last verdict")
+    p.add_argument("--out", default="reports", metavar="DIR", help="report folder to read")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("report", help="run, judge and write the claims report (REPORT.md)")
+    p.add_argument("--quick", action="store_true", help="reduced runs (CI): under 2 minutes")
+    p.add_argument(
+        "--out", default=None, metavar="DIR", help="default: reports/ (reports/quick/ with --quick)"
+    )
+    p.add_argument("--configs", default=None, metavar="DIR", help="default: reports/configs/")
+    p.add_argument("--claim", action="append", default=None, help="only this claim (id or number)")
+    p.add_argument("--workers", type=int, default=None, help="local workers (default: cores)")
+    p.add_argument("--no-progress", action="store_true")
     return parser
 
 
@@ -436,7 +450,54 @@ def cmd_figure(args) -> int:
     return 0
 
 
+def cmd_claims(args) -> int:
+    from convergence.report import last_verdicts
+
+    rows = last_verdicts(args.out)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        print(f"{r['number']}. {r['id']:<17} {r['title']}")
+        print(f"   {r['paper']}")
+        print(f"   verdict: {r['verdict']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from convergence.claims import CLAIMS, get_claim
+    from convergence.report import build_report
+
+    claims = [get_claim(c) for c in args.claim] if args.claim else list(CLAIMS)
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.configs is not None and not Path(args.configs).is_dir():
+        raise ValueError(f"--configs {args.configs}: no such folder")
+    out = args.out or ("reports/quick" if args.quick else "reports")
+    try:
+        results = build_report(
+            out,
+            quick=args.quick,
+            claims=claims,
+            configs=args.configs,
+            workers=args.workers,
+            progress=not args.no_progress,
+            log=lambda line: print(line, file=sys.stderr),
+        )
+    except KeyboardInterrupt:
+        print("convergence: interrupted; finished tasks are stored", file=sys.stderr)
+        return 130
+    for r in results:
+        print(f"{r.claim.number}. {r.claim.id}: {r.verdict}")
+    print(f"report written to {Path(out) / 'REPORT.md'}")
+    return 0
+
+
 COMMANDS = {
+    "claims": cmd_claims,
+    "report": cmd_report,
     "samplers": cmd_samplers,
     "targets": cmd_targets,
     "rate": cmd_rate,

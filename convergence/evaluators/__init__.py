@@ -92,7 +92,7 @@ def initial_law(target, process: Process, init: str):
 
 
 EXACT_METRICS = exact.METRICS  # kl, w2, hellinger, tv
-METRICS = (*EXACT_METRICS, "weak", "sinkhorn", "sliced-w2", "mmd")
+METRICS = (*EXACT_METRICS, "path-kl", "weak", "sinkhorn", "sliced-w2", "mmd")
 SAMPLE_METRIC_NAMES = ("w2", "sinkhorn", "sliced-w2", "mmd", "kl")
 
 
@@ -116,6 +116,8 @@ def why_not(kind: str, target, spec: SamplerSpec, metric: str, *, perturbation, 
             return f"sampler {spec.name!r} is not affine in the state"
         if not _affine_perturbation(perturbation):
             return "the perturbed score is not affine"
+        if metric == "path-kl":  # evaluators.path
+            return "the path KL has no denoised variant" if denoised else ""
         return "" if metric in EXACT_METRICS else f"it has no metric {metric!r}"
     if kind in ("grid", "tensor", "logdet", "coupled"):
         if not chain:
@@ -224,7 +226,11 @@ def error(
     extra = dict(evaluator_options or {})
     score = CountingScore(perturbed_score(target, process, perturbation))
     common = dict(t_end=t_end, final_noise=final_noise, denoise=denoise, **options)
-    if kind == "gaussian":
+    if kind == "gaussian" and metric == "path-kl":
+        from convergence.evaluators.path import path_error
+
+        est = path_error(spec, target, process, steps, score, start, common)
+    elif kind == "gaussian":
         est = _gaussian(spec, target, process, steps, metric, score, start, reference, common)
     elif kind in ("grid", "tensor"):
         est = _on_grid(kind, spec, target, process, steps, metric, init, perturbation, common)
@@ -319,11 +325,16 @@ def _on_grid(kind, spec, target, process, steps, metric, init, perturbation, com
 
     kwargs = dict(common)
     kwargs.pop("denoise")
+    # in 1-D, KL, Hellinger and TV come from one propagation: compute them together (memoised,
+    # so the tasks of the other metrics reuse it); W2 (quantiles at every node) only when asked
+    shared = ("kl", "hellinger", "tv", *(("w2",) if metric == "w2" else ()))
     if kind == "grid":
         start = initial_law(target, process, init)
 
+        metrics = shared if target.dim == 1 else (metric,)  # 2-D TV and W2 are costly
+
         def run(res):
-            out = grid.grid_metrics(
+            out = grid.memo_grid_metrics(
                 spec,
                 target,
                 process,
@@ -332,7 +343,7 @@ def _on_grid(kind, spec, target, process, steps, metric, init, perturbation, com
                 reference=target.noised(process, kwargs["t_end"]),
                 perturbation=perturbation,
                 resolution=res,
-                metrics=(metric,),
+                metrics=metrics,
                 **kwargs,
             )
             return out, True
@@ -347,6 +358,7 @@ def _on_grid(kind, spec, target, process, steps, metric, init, perturbation, com
                 initial=lambda f: initial_law(f, process, init),
                 perturbation=perturbation,
                 resolution=res,
+                metrics=shared,
                 **kwargs,
             )
 

@@ -16,6 +16,7 @@ No update rule is written twice.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +27,7 @@ from analytic.processes import Process
 from convergence.samplers.base import (
     SamplerSpec,
     Score,
+    Stage,
     context_kwargs,
     plan,
     prepare,
@@ -89,13 +91,15 @@ def propagate(
     t_end: float | None = None,
     final_noise: bool = False,
     denoise: bool = False,
+    on_step: Callable[[Stage, GaussianLaw], None] | None = None,
     **options,
 ) -> GaussianLaw:
     """Exact law of the sampler output when the initial law is Gaussian and every step is affine.
 
     The Gaussian vector is the state x together with the sampler's side quantities (multistep
     state); noise enters the x block only. The final Tweedie denoise, when asked, is one more
-    affine map.
+    affine map. ``on_step(stage, law)``, if given, receives the law of x after every stage (before
+    the denoise), in order.
     """
     if not spec.affine:
         raise NotAffineError(
@@ -103,53 +107,84 @@ def propagate(
         )
     t_end, opts, schedule = prepare(spec, process, steps, t_end, options)
     if init.diagonal:
+        trace = [] if on_step is not None else None
         law = _propagate_diagonal(
-            spec, score, process, init, plan(schedule, final_noise), opts, t_end
+            spec, score, process, init, plan(schedule, final_noise), opts, t_end, trace
         )
         if law is not None:
+            for st, stage_law in trace or ():
+                on_step(st, stage_law)
             return _denoised(law, score, process, t_end) if denoise else law
         init = GaussianLaw(init.mean, init.full_cov())
     mean, cov = init.mean, init.cov
     d = mean.numel()
     state_width = 0
     for st in plan(schedule, final_noise):
-        found = {}
-
-        def step(z: Tensor, st=st, width=state_width, found=found) -> Tensor:
-            state = z[:, d:] if width else None
-            tr = spec.step(
-                score,
-                process,
-                z[:, :d],
-                st.t,
-                st.t_next,
-                **context_kwargs(spec, st, state, t_end),
-                **opts,
-            )
-            found["std"], found["width"] = tr.std, 0 if tr.state is None else tr.state.shape[1]
-            return tr.mean if tr.state is None else torch.cat([tr.mean, tr.state], dim=1)
-
-        where = f"step {st.k + 1} (t={st.t:.4g}) of sampler {spec.name!r}"
-        mean, M = _read_affine(step, mean, cov, where)
+        mean, M, std, state_width = read_stage(
+            spec, score, process, st, mean, cov, d, state_width, opts, t_end
+        )
         cov = M @ cov @ M.T
-        if st.noisy and found["std"] > 0:
-            cov[:d, :d] += found["std"] ** 2 * torch.eye(d, dtype=cov.dtype, device=cov.device)
+        if st.noisy and std > 0:
+            cov[:d, :d] += std**2 * torch.eye(d, dtype=cov.dtype, device=cov.device)
         cov = 0.5 * (cov + cov.T)
-        state_width = found["width"]
+        if on_step is not None:
+            on_step(st, GaussianLaw(mean[:d], cov[:d, :d]))
     law = GaussianLaw(mean[:d], cov[:d, :d])
     return _denoised(law, score, process, t_end) if denoise else law
+
+
+def read_stage(
+    spec: SamplerSpec,
+    score: Score,
+    process: Process,
+    st: Stage,
+    mean: Tensor,
+    cov: Tensor,
+    d: int,
+    state_width: int,
+    opts: dict,
+    t_end: float,
+) -> tuple[Tensor, Tensor, float, int]:
+    """One stage's affine mean map z -> M z + c of the vector z = (x, state) (x of size d, the
+    multistep state of size ``state_width``), read off around N(mean, cov) by ``_read_affine``.
+
+    Returns (M mean + c, M, std, width of the state the stage outputs); the stage's kernel is
+    x' = (M z + c)[:d] + std xi (xi added only if ``st.noisy``). Cost: one step call on 2 D + 2
+    points, D = d + state_width.
+    """
+    found = {}
+
+    def step(z: Tensor) -> Tensor:
+        state = z[:, d:] if state_width else None
+        tr = spec.step(
+            score,
+            process,
+            z[:, :d],
+            st.t,
+            st.t_next,
+            **context_kwargs(spec, st, state, t_end),
+            **opts,
+        )
+        found["std"], found["width"] = tr.std, 0 if tr.state is None else tr.state.shape[1]
+        return tr.mean if tr.state is None else torch.cat([tr.mean, tr.state], dim=1)
+
+    where = f"step {st.k + 1} (t={st.t:.4g}) of sampler {spec.name!r}"
+    out, M = _read_affine(step, mean, cov, where)
+    return out, M, found["std"], found["width"]
 
 
 def _denoised(law: GaussianLaw, score: Score, process: Process, t_end: float) -> GaussianLaw:
     return push_forward(lambda x: tweedie(score, process, x, t_end), law)
 
 
-def _propagate_diagonal(spec, score, process, init, stages, opts, t_end) -> GaussianLaw | None:
+def _propagate_diagonal(
+    spec, score, process, init, stages, opts, t_end, trace: list | None = None
+) -> GaussianLaw | None:
     """Moments of a diagonal law through coordinate-wise affine steps in O(d) per step:
     x'_i = M_i x_i + v_i + std z_i, read off with the probes mean and mean + 1 and checked with
     mean + delta (delta varying over coordinates) at the first steps, the last and every 16th.
     None when a step is not coordinate-wise (or carries multistep state): the caller then
-    propagates the full covariance."""
+    propagates the full covariance. ``trace`` (a list) collects (stage, law) after every stage."""
     mean, var = init.mean, init.cov
     shift = torch.cos(torch.arange(mean.numel(), dtype=mean.dtype, device=mean.device) + 1.0)
     for i, st in enumerate(stages):
@@ -176,6 +211,8 @@ def _propagate_diagonal(spec, score, process, init, stages, opts, t_end) -> Gaus
         mean, var = out[0], m_diag * m_diag * var
         if st.noisy and found["std"] > 0:
             var = var + found["std"] ** 2
+        if trace is not None:
+            trace.append((st, GaussianLaw(mean, var, diagonal=True)))
     return GaussianLaw(mean, var, diagonal=True)
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from analytic.gmm import GaussianMixture
 from analytic.processes import Process
 from analytic.product import ProductMixture
-from convergence.evaluators.grid import GridResult, grid_metrics
+from convergence.evaluators.grid import METRICS, GridResult, memo_grid_metrics
 from convergence.samplers.base import SamplerSpec
 
 TV_SANDWICH_NOTE = (
@@ -42,10 +42,11 @@ def tensor_metrics(
     t_end: float,
     perturbation=None,
     resolution: float,
+    metrics: tuple[str, ...] = METRICS,
     **kwargs,
 ) -> tuple[GridResult, bool]:
     """Combined grid metrics of all coordinates and whether TV is exact (d = 1); ``initial``
-    maps a factor to its initial law."""
+    maps a factor to its initial law; TV and W2 only when named in ``metrics``."""
     if not isinstance(target, ProductMixture):
         raise ValueError("the tensor evaluator needs a product target (product:d=...,k=...)")
     if perturbation is not None and not perturbation.separable:
@@ -64,7 +65,7 @@ def tensor_metrics(
     for (rep, _), members in groups.items():
         factor = target.factor(rep)
         part = None if perturbation is None else perturbation.coordinate(members[0])
-        res = grid_metrics(
+        res = memo_grid_metrics(
             spec,
             factor,
             process,
@@ -74,11 +75,12 @@ def tensor_metrics(
             t_end=t_end,
             perturbation=part,
             resolution=resolution,
+            metrics=metrics,
             **kwargs,
         )
         m = len(members)
         kl += m * res.kl
-        w2sq += m * res.w2sq
+        w2sq = None if w2sq is None or res.w2sq is None else w2sq + m * res.w2sq
         log_bc += m * math.log1p(-min(res.h2, 1.0))
         tv, nfe, nodes, mass = res.tv, res.nfe, max(nodes, res.nodes), res.mass
     h2 = -math.expm1(log_bc)

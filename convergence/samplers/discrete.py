@@ -13,7 +13,8 @@ Time grids (option ``spacing``, all four samplers): "uniform" is t_k = 1 - k (1 
     t_k = t_end + (1 - t_end) ((S - k) / S)^2,    k = 0..S,
 
 dense near t_end like tau_i = floor((i sqrt(0.8 T) / (S - 1))^2) (Song et al. 2021, App. D.2;
-SAMPLERS.md 2.2).
+SAMPLERS.md 2.2); "li-yan" is the Li & Yan (2024) schedule (SAMPLERS.md 3.1, THEORY.md 1.2) moved
+to process time between the fixed end points (see ``li_yan_grid``).
 
 The Li et al. samplers do not fit one Gaussian kernel per step, so each of their steps is run as
 two kernel stages (the schedule repeats the step's times; the stage is told apart by its index k):
@@ -36,7 +37,7 @@ from typing import Any
 
 import torch
 
-from analytic.processes import Process
+from analytic.processes import Process, li_yan_betas
 from convergence.samplers.base import (
     Claim,
     SamplerSpec,
@@ -48,7 +49,7 @@ from convergence.samplers.base import (
     uniform_schedule,
 )
 
-SPACINGS = ("uniform", "quadratic")
+SPACINGS = ("uniform", "quadratic", "li-yan")
 
 
 # ---- time grids ----------------------------------------------------------------------------
@@ -61,8 +62,43 @@ def discrete_schedule(
     uniform t_k = 1 - k (1 - t_end) / S, or quadratic t_k = t_end + (1 - t_end) ((S - k) / S)^2."""
     if options["spacing"] == "uniform":
         return uniform_schedule(process, steps, t_end, options)
+    if options["spacing"] == "li-yan":
+        return list(pairwise(li_yan_grid(process, steps, t_end)))
     inner = [t_end + (1.0 - t_end) * ((steps - k) / steps) ** 2 for k in range(1, steps)]
     return list(pairwise([1.0, *inner, t_end]))
+
+
+def li_yan_grid(process: Process, steps: int, t_end: float) -> list[float]:
+    """Process times 1 = t_0 > ... > t_S = t_end whose noise increments follow Li & Yan's schedule.
+
+    Li & Yan (2024, THEORY.md 1.2) fix beta_1 = S^-c0 and beta_{k+1} = (c1 log S / S)
+    min(beta_1 (1 + c1 log S / S)^k, 1): a geometric ramp of the noise added per step near the data,
+    then a constant rate. Their chain sets its own end points (alpha_bar_1 = 1 - S^-c0 depends on
+    S), while here the output is compared with the marginal at a fixed t_end. So the shape is kept
+    and the scale adjusted: with the VP-equivalent alpha_bar(t) = alpha^2 / (alpha^2 + sigma^2)
+    (= sigmoid(2 lambda(t)); alpha_bar itself on VP) and L = -log alpha_bar,
+
+        L(t_{S-k}) = L(t_end) + (L(1) - L(t_end)) c_k,
+        c_k = sum_{j<=k} -log(1 - beta_j) / sum_{j<=S} -log(1 - beta_j),
+
+    i.e. each step adds the same fraction of the total -log alpha_bar as Li & Yan's step does.
+    Default constants (c0, c1) = (2, 4) of ``analytic.processes.li_yan_betas`` (the paper leaves
+    them unspecified); S >= 16 steps are needed (c1 log S / S < 1).
+    """
+    if steps < 16:
+        raise ValueError(f"spacing 'li-yan' needs steps >= 16 (c1 log T / T < 1), got {steps}")
+    increments = -torch.log1p(-li_yan_betas(steps))
+    c = torch.cat([increments.new_zeros(1), torch.cumsum(increments, 0)]) / increments.sum()
+
+    def minus_log_alpha_bar(t: float) -> float:  # -log sigmoid(2 lambda) = softplus(-2 lambda)
+        return float(torch.nn.functional.softplus(torch.tensor(-2.0 * float(process.lam(t)))))
+
+    lo, hi = minus_log_alpha_bar(t_end), minus_log_alpha_bar(1.0)
+    ell = lo + (hi - lo) * c  # -log alpha_bar from the data end (k = 0) to the noise end
+    lam = -0.5 * torch.log(torch.expm1(ell))  # inverse of L = softplus(-2 lambda)
+    grid = [float(process.t_of_lam(float(v))) for v in lam.flip(0)]
+    grid[0], grid[-1] = 1.0, t_end  # the end points exactly, not up to rounding of the inverse
+    return grid
 
 
 def li_ddpm_schedule(

@@ -1,6 +1,11 @@
-"""Running a sweep: one task per worker call, any ``concurrent.futures.Executor``, one writer.
+"""Running a sweep: one group of tasks per worker call, any ``concurrent.futures.Executor``, one
+writer.
 
-Workers run ``run_task(task_dict) -> Outcome`` (a pure function of the task: no shared state);
+Workers run ``run_tasks([task_dict, ...]) -> [Outcome, ...]``, i.e. ``run_task`` on each task of
+a group (a pure function of the task: no shared state). A group is the tasks that differ only in
+the metric: one sampler run at one step count, measured in several metrics, so an evaluator
+that computes every metric from one propagated density (grid, tensor) does that work once
+(``convergence.evaluators.grid`` memoises it within the worker process).
 the parent process is the only one that writes to the store, one transaction per finished task
 (``convergence.sweep.store``), so a store is consistent whatever the executor is and a killed
 sweep loses only the tasks in flight. Finished keys are skipped on the next run.
@@ -263,6 +268,9 @@ def run_sweep(
 ) -> SweepSummary:
     """Run every task of ``config`` not yet in the store at ``store_path`` (see module docstring).
 
+    ``executor`` is "local" or "dask" (a pool made for this sweep and closed after it), or an
+    open ``concurrent.futures.Executor`` that several sweeps share (``make_executor``).
+
     ``retry_failed`` re-runs tasks recorded as failed (diverged tasks are results, never re-run).
     """
     start = time.perf_counter()
@@ -285,7 +293,9 @@ def run_sweep(
             if on_outcome is not None:
                 on_outcome(outcome)
 
-        if todo:
+        if todo and isinstance(executor, Executor):  # the caller's pool, kept open
+            interrupted = _drain(executor, todo, record)
+        elif todo:
             with _single_threaded_children(), make_executor(executor, workers, scheduler) as pool:
                 interrupted = _drain(pool, todo, record)
     return SweepSummary(
@@ -322,31 +332,49 @@ def _single_threaded_children():
                 os.environ[k] = v
 
 
+def run_tasks(tasks: list[dict]) -> list[Outcome]:
+    """``run_task`` on each task of a group, in order."""
+    return [run_task(t) for t in tasks]
+
+
+def group_tasks(tasks: Iterable[Task]) -> list[list[Task]]:
+    """The tasks grouped by everything but the metric, in order of first appearance."""
+    groups: dict[tuple, list[Task]] = {}
+    for t in tasks:
+        groups.setdefault(dataclasses.replace(t, metric=""), []).append(t)
+    return list(groups.values())
+
+
 def _drain(pool: Executor, todo: Iterable[Task], record: Callable[[Outcome], None]) -> bool:
-    """Submit all tasks, record outcomes as they finish; on Ctrl-C cancel what has not started,
-    record what finished, return True."""
-    futures: dict[Future, Task] = {pool.submit(run_task, t.as_dict()): t for t in todo}
+    """Submit the task groups, record outcomes as groups finish; on Ctrl-C cancel what has not
+    started, record what finished, return True."""
+    futures: dict[Future, list[Task]] = {
+        pool.submit(run_tasks, [t.as_dict() for t in g]): g for g in group_tasks(todo)
+    }
     pending = set(futures)
     try:
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
-                record(_outcome_of(fut, futures[fut]))
+                for outcome in _outcomes_of(fut, futures[fut]):
+                    record(outcome)
     except KeyboardInterrupt:
         for fut in pending:
             fut.cancel()
         for fut in [f for f in pending if f.done() and not f.cancelled()]:
-            record(_outcome_of(fut, futures[fut]))
+            for outcome in _outcomes_of(fut, futures[fut]):
+                record(outcome)
         return True
     return False
 
 
-def _outcome_of(fut: Future, task: Task) -> Outcome:
-    """The worker's outcome, or a failed one when the worker itself died (e.g. out of memory)."""
+def _outcomes_of(fut: Future, group: list[Task]) -> list[Outcome]:
+    """The worker's outcomes, or failed ones when the worker itself died (e.g. out of memory)."""
     try:
         return fut.result()
     except Exception as exc:
         msg = _one_line(exc) or traceback.format_exception_only(exc)[-1].strip()
-        return Outcome(
-            task.key(), task.as_dict(), "failed", f"worker: {msg}", None, None, None, 0.0
-        )
+        return [
+            Outcome(t.key(), t.as_dict(), "failed", f"worker: {msg}", None, None, None, 0.0)
+            for t in group
+        ]

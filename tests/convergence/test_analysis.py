@@ -477,3 +477,37 @@ def test_bad_input_is_refused():
         analyse(good, level=-1.0)
     with pytest.raises(ValueError, match=r"metric_levels\['kl'\] must be"):
         analyse(good, metric_levels={"kl": 0})
+
+
+def test_a_curve_whose_every_row_failed_is_reported_not_fitted():
+    """Every task of a curve failed (e.g. its evaluator refused the metric): the curve is kept,
+    with no points and no slope, and its failures are counted."""
+    rec = make_record("ddim", "gaussian:d=1", "vp", 8, metric="kl")
+    failed = [
+        {
+            **rec,
+            "key": f"f{t}",
+            "steps": t,
+            "status": "failed",
+            "message": "refused",
+            **{
+                k: None
+                for k in (
+                    "value",
+                    "uncertainty",
+                    "evaluator_used",
+                    "floor",
+                    "exact",
+                    "nfe",
+                    "t_end",
+                    "n_samples",
+                    "reference",
+                    "note",
+                )
+            },
+        }
+        for t in (8, 16)
+    ]
+    (curve,) = fit_curves(failed)
+    assert curve.steps == () and math.isnan(curve.slope) and curve.excluded == (("failed", 2),)
+    assert "no slope" in curve.note

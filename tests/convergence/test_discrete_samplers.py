@@ -105,10 +105,39 @@ def test_quadratic_spacing_formula():
     assert all(t0 == t1 for (_, t0), (t1, _) in zip(sched, sched[1:], strict=False))
 
 
+@pytest.mark.parametrize("name", ["vp", "ve"])
+def test_li_yan_spacing_keeps_the_schedule_shape(name):
+    """Each step adds the fraction of -log alpha_bar that Li & Yan's beta_k adds (independent
+    check: alpha_bar from the process' own alpha and sigma at the grid times)."""
+    from analytic.processes import li_yan_betas, make_process
+
+    process, steps, t_end = make_process(name), 32, 1e-3
+    sched = discrete_schedule(process, steps, t_end, {"spacing": "li-yan"})
+    grid = np.array([sched[0][0]] + [t1 for _, t1 in sched])
+    assert grid[0] == 1.0 and grid[-1] == t_end and np.all(np.diff(grid) < 0)
+    a, s = np.array([process.alpha(t) for t in grid]), np.array([process.sigma(t) for t in grid])
+    ell = -np.log(a**2 / (a**2 + s**2))[::-1]  # from the data end
+    inc = -np.log1p(-li_yan_betas(steps).numpy())
+    assert np.allclose(np.diff(ell) / (ell[-1] - ell[0]), inc / inc.sum(), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="steps >= 16"):
+        discrete_schedule(process, 8, t_end, {"spacing": "li-yan"})
+
+
 @pytest.mark.parametrize("spacing", ["uniform", "quadratic"])
 def test_ddim_first_order_for_both_spacings(spacing):
     res = w2_errors(REGISTRY["ddim"], STEPS[:-1], spacing=spacing)
     assert abs(res.fit.slope + 1.0) < 0.05
+
+
+def test_ddim_on_the_li_yan_grid_is_first_order_up_to_log_t():
+    """On Li & Yan's grid the flat part has steps ~ c1 log T / T, so e ~ log T / T: local slopes
+    climb towards -1 from above (-0.79 at T = 20..40, -0.92 at 320..640) while e T / log T is
+    nearly flat (slopes -0.09 .. -0.08)."""
+    res = w2_errors(REGISTRY["ddim"], STEPS[:-1], spacing="li-yan")
+    t, e = np.array(STEPS[:-1]), np.array([p.value for p in res.points])
+    p = local_slopes(t, e)
+    assert np.all(np.diff(p) < 0) and -0.95 < p[-1] < -0.9 and p[0] > -0.85
+    assert np.all(np.abs(local_slopes(t, e * t / np.log(t))) < 0.1)
 
 
 # ---- li-accel-ddpm ----------------------------------------------------------------------------

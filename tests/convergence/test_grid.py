@@ -321,3 +321,23 @@ def test_grid_tv_2d_of_a_stochastic_sampler_on_a_mixture_is_resolved():
 def test_grid_tv_2d_refuses_a_run_beyond_its_budget():
     with pytest.raises(ValueError, match="logdet"):
         error("ddim", parse_target("gmm:d=2,k=3,seed=0"), VP, 64, metric="tv", evaluator="grid")
+
+
+def test_memoised_grid_metrics_reuse_one_propagation_per_problem():
+    """Equal argument values give the remembered result (the same object); a different step
+    count or perturbation is computed afresh, with the value grid_metrics gives."""
+    from convergence.evaluators import grid
+    from convergence.scores import parse_perturbation
+    from convergence.targets import parse_target
+
+    target, vp, spec = parse_target("gmm:d=1,k=3,seed=0"), make_process("vp"), get_spec("ddpm")
+    start, ref = target.noised(vp, 1.0), target.noised(vp, 1e-3)
+    kw = dict(start=start, reference=ref, t_end=1e-3)
+    a = grid.memo_grid_metrics(spec, target, vp, 6, **kw)
+    b = grid.memo_grid_metrics(spec, parse_target("gmm:d=1,k=3,seed=0"), vp, 6, **kw)
+    assert b is a
+    c = grid.memo_grid_metrics(spec, target, vp, 7, **kw)
+    assert c is not a and c.kl == grid.grid_metrics(spec, target, vp, 7, **kw).kl
+    pert = parse_perturbation("sin:eps=0.1,omega=2", target)
+    d = grid.memo_grid_metrics(spec, target, vp, 6, perturbation=pert, **kw)
+    assert d is not a and d.kl != a.kl

@@ -194,3 +194,19 @@ def test_cli_export_fit_and_figure(tmp_path, capsys):
     assert main(["figure", str(store), "--out", str(tmp_path / "fig")]) == 0
     assert list((tmp_path / "fig").glob("*.png")) and list((tmp_path / "fig").glob("*.pdf"))
     assert main(["fit", str(tmp_path / "none.sqlite")]) == 2
+
+
+def test_tasks_differing_only_in_the_metric_run_as_one_group():
+    from convergence.sweep.config import parse_config
+    from convergence.sweep.runner import group_tasks
+
+    cfg = parse_config(
+        'targets = ["gaussian:d=1"]\nsteps = [4, 8]\nmetrics = ["kl", "w2", "tv"]\n'
+        'seeds = [0, 1]\n[[samplers]]\nname = "ddim"\n'
+    )
+    groups = group_tasks(cfg.tasks())
+    assert len(groups) == 4 and all(len(g) == 3 for g in groups)  # (seed, steps) x 3 metrics
+    for g in groups:
+        assert sorted(t.metric for t in g) == ["kl", "tv", "w2"]
+        assert len({(t.seed, t.steps) for t in g}) == 1
+    assert [t for g in groups for t in g] != [] and sum(map(len, groups)) == len(cfg.tasks())

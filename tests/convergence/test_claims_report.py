@@ -1,0 +1,214 @@
+"""The claims records, the verdict rules and the report (issue 6).
+
+The whole ``convergence report --quick`` runs once per session (module fixture, ~1.5 min on 2
+cores); the other tests read what it wrote.
+"""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from convergence.claims import CLAIMS, CONFIG_DIR, get_claim, quick_config
+from convergence.cli import main
+from convergence.report import Finding, last_verdicts
+from convergence.verdicts import loglog_fit, range_verdict, slope_verdict
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# ---- the records --------------------------------------------------------------------------------
+
+
+def test_nine_claims_each_with_loadable_configs():
+    assert [c.number for c in CLAIMS] == list(range(1, 10))
+    assert len({c.id for c in CLAIMS}) == 9
+    for c in CLAIMS:
+        assert c.paper and c.statement and c.setting and c.configs
+        for path in c.config_paths():
+            assert path.parent == CONFIG_DIR and path.is_file(), path
+        assert all(len(cfg.tasks()) > 0 for cfg in c.load_configs())
+    assert get_claim(3) is get_claim("path-kl") is get_claim("3")
+    with pytest.raises(ValueError, match="unknown claim 'x'; allowed: li-deterministic"):
+        get_claim("x")
+
+
+def test_quick_config_reduces_every_axis():
+    full = get_claim("dimension").load_configs()[0]
+    quick = quick_config(full)
+    assert full.dimensions == (1, 4, 16, 64, 256, 1024) and quick.dimensions == (1, 4)
+    assert [t for t, _ in quick.grid_targets] == [
+        "product:d=1,k=3,seed=0",
+        "product:d=4,k=3,seed=0",
+    ]
+    assert all(s.steps == (16,) for s in quick.samplers)  # smallest 64 -> a quarter
+    assert quick.metrics == full.metrics[:2] and quick.name.endswith("-quick")
+    score = get_claim("score-error")
+    q = score.load_configs(quick=True)[0]
+    assert len(q.samplers) == 2 and q.perturbations[0] is None and len(q.perturbations) == 5
+    omegas = {p.split("omega=")[1] for p in q.perturbations[1:]}
+    assert omegas == {"1", "16"}  # both kinds of perturbation survive the reduction
+    ggf = get_claim("ggf").load_configs(quick=True)[0]
+    assert ggf.seeds == (0, 1) and ggf.n == 1000 and ggf.processes == ("vp", "ve")
+
+
+# ---- the verdict rules --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("slope", "lo", "hi", "claimed", "slopes", "settled", "kind", "verdict"),
+    [
+        (-1.0, -1.01, -0.99, -0.5, (), True, "bound", "bound loose by 0.50"),
+        (-0.95, -0.97, -0.93, -1.0, (), True, "bound", "consistent"),
+        (-0.5, -0.52, -0.48, -1.0, (-0.5, -0.5, -0.5), True, "bound", "violated"),
+        (-1.5, -1.6, -1.4, -2.0, (-1.2, -1.4, -1.6), True, "bound", "not yet asymptotic"),
+        (-0.5, -0.52, -0.48, -1.0, (-0.5, -0.5), False, "bound", "inconclusive"),
+        (-2.0, -2.01, -1.99, -2.0, (), True, "expected", "as expected"),
+        (-1.5, -1.51, -1.49, -1.0, (), True, "expected", "steeper than expected by 0.50"),
+        (
+            -0.7,
+            -0.71,
+            -0.69,
+            -1.0,
+            (-0.7, -0.7),
+            True,
+            "expected",
+            "shallower than expected by 0.30",
+        ),
+        (0.45, 0.4, 0.5, 2.0, (), True, "expected", "shallower than expected by 1.55"),
+        (1.5, 1.4, 1.6, 1.0, (), True, "expected", "steeper than expected by 0.50"),
+        (math.nan, math.nan, math.nan, -1.0, (), True, "bound", "inconclusive (no resolved"),
+    ],
+)
+def test_slope_verdicts(slope, lo, hi, claimed, slopes, settled, kind, verdict):
+    got = slope_verdict(slope, lo, hi, claimed, slopes, settled=settled, kind=kind)
+    assert got.startswith(verdict)
+
+
+def test_range_verdict_and_loglog_fit():
+    assert range_verdict(3.0, 2.5, 3.5, 2, 10) == "within the claimed 2-10x"
+    assert range_verdict(1.2, 1.0, 1.5, 2, 10) == "below the claimed 2-10x"
+    assert range_verdict(12.0, 11.0, 13.0, 2, 5) == "above the claimed 2-5x"
+    assert range_verdict(1.5, 1.0, 2.5, 2, 5) == "within the claimed 2-5x"  # the CI meets it
+    slope, a, lo, hi = loglog_fit([1, 2, 4, 8], [3.0 * x**-1.5 for x in (1, 2, 4, 8)])
+    assert slope == pytest.approx(-1.5, abs=1e-12) and a == pytest.approx(math.log(3.0))
+    assert lo == pytest.approx(-1.5, abs=1e-9) and hi == pytest.approx(-1.5, abs=1e-9)
+    assert math.isnan(loglog_fit([1, 2], [1, 2])[2])  # two points: no CI
+
+
+def test_finding_text():
+    f = Finding("x", "slope in T", "-1", "-1", -1.0, -1.02, -0.98, "grid", "consistent")
+    assert f.measured_text() == "-1 [-1.02, -0.98]"
+    assert (
+        Finding("x", "q", "-", "-", math.nan, math.nan, math.nan, "e", "v").measured_text() == "n/a"
+    )
+
+
+# ---- the report ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quick_report(tmp_path_factory):
+    """``convergence report --quick`` as a user runs it (a child process, 2 workers)."""
+    out = tmp_path_factory.mktemp("report")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "convergence.cli",
+            "report",
+            "--quick",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=900,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, proc
+
+
+def test_quick_report_judges_every_claim(quick_report):
+    out, proc = quick_report
+    data = json.loads((out / "verdicts.json").read_text())
+    assert data["quick"] is True and [c["number"] for c in data["claims"]] == list(range(1, 10))
+    for claim in data["claims"]:
+        assert claim["verdict"] not in ("", "pending"), claim["id"]
+        assert claim["findings"], claim["id"]
+        assert any(f.endswith(".pdf") for f in claim["figures"]), claim["id"]
+        assert any(f.endswith(".png") for f in claim["figures"]), claim["id"]
+        for path in claim["figures"] + claim["tables"]:
+            assert Path(path).is_file() and Path(path).stat().st_size > 0, path
+    assert "report written to" in proc.stdout
+
+
+def test_quick_report_markdown_has_the_verdict_table(quick_report):
+    out, _ = quick_report
+    text = (out / "REPORT.md").read_text()
+    assert text.startswith("# Convergence claims") and "**Quick run**" in text
+    header = "| claim | headline comparison | bound | expected | measured [95% CI] | evaluator |"
+    assert header in text
+    table = text.split("## Verdicts")[1].split("\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 10  # header + one row per claim
+    for k in range(1, 10):
+        assert f"## {k}. " in text
+    tex = (out / "tables" / "claim1.tex").read_text()
+    assert r"\toprule" in tex and r"\bottomrule" in tex and "li-accel-ddim" in tex
+
+
+def test_verdicts_come_from_stored_results(quick_report):
+    """Judging again from the store alone (no sampler runs) gives the same verdicts."""
+    from convergence.report import judge_claims
+
+    out, _ = quick_report
+    stored = {
+        c["id"]: c["verdict"] for c in json.loads((out / "verdicts.json").read_text())["claims"]
+    }
+    again = judge_claims(out, quick=True)
+    assert {r.claim.id: r.verdict for r in again} == stored
+
+
+def test_quick_report_is_reused_not_rerun(quick_report):
+    """A second run finds every task and study stored: it computes nothing new."""
+    out, _ = quick_report
+    from convergence.report import run_claims
+
+    lines = []
+    run_claims(
+        out,
+        quick=True,
+        claims=[get_claim("path-kl"), get_claim("annealed")],
+        progress=False,
+        log=lines.append,
+    )
+    assert lines and all(" 0 run " in line for line in lines if "tasks" in line)
+
+
+def test_claims_command(quick_report, capsys):
+    out, _ = quick_report
+    assert main(["claims", "--json", "--out", str(out)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 9 and all({"id", "paper", "verdict"} <= set(r) for r in rows)
+    assert all(r["verdict"] != "pending" for r in rows)
+    assert all(r["verdict"] == "pending" for r in last_verdicts(out / "nothing-here"))
+
+
+def test_report_command_rejects_bad_input(capsys, tmp_path):
+    assert main(["report", "--claim", "nope", "--out", str(tmp_path)]) == 2
+    assert "unknown claim 'nope'" in capsys.readouterr().err
+    assert main(["report", "--workers", "0", "--out", str(tmp_path)]) == 2
+    assert "--workers must be >= 1" in capsys.readouterr().err
+    assert main(["report", "--configs", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
+    assert "no such folder" in capsys.readouterr().err
