@@ -56,6 +56,7 @@ class Context:
     studies: dict[str, Any]
     out: Path
     figures: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. a figure that could not be drawn
 
     @cached_property
     def analysis(self) -> Analysis:
@@ -89,7 +90,7 @@ class Context:
         try:
             self.figures += plot_series(series, self.stem(name), **kw)
         except ValueError as exc:  # nothing drawable (e.g. every point unresolved): say so
-            self.figures.append(Path(f"(figure {name} not drawn: {exc})"))
+            self.notes.append(f"figure {name} not drawn: {exc}")
 
 
 # --------------------------------------------------------------------------- verdict rules
@@ -226,9 +227,8 @@ def _curves_table(ctx: Context) -> str:
 
 
 def _result(ctx: Context, findings: list[Finding], verdict: str, notes=()) -> ClaimResult:
-    figures = [p for p in ctx.figures if p.suffix in (".pdf", ".png")]
-    notes = list(notes) + [str(p)[1:-1] for p in ctx.figures if p.suffix not in (".pdf", ".png")]
-    return ClaimResult(ctx.claim, findings, verdict, figures, [], notes, _curves_table(ctx))
+    notes = [*notes, *ctx.notes]
+    return ClaimResult(ctx.claim, findings, verdict, ctx.figures, [], notes, _curves_table(ctx))
 
 
 # --------------------------------------------------------------------------- claims 1 and 2
@@ -1065,31 +1065,30 @@ JUDGES = {
 # --------------------------------------------------------------------------- side studies
 
 
+def _run_from_q1(target_spec: str, process_name: str, sampler: str, n: int, seed: int, **options):
+    """(target, process, x, result): ``sampler`` run once from n exact draws x of q_1 (the
+    exact score; ``steps`` 1, which the adaptive samplers ignore)."""
+    from analytic.processes import make_process
+    from convergence.experiment import sample
+    from convergence.targets import parse_target
+
+    target, process = parse_target(target_spec), make_process(process_name)
+    x = target.noised(process, 1.0).sample(n, seed=seed)
+    res = sample(sampler, target.score_fn(process), process, x.clone(), 1, seed=seed, **options)
+    return target, process, x, res
+
+
 def ggf_rejections(*, quick: bool = False, seed: int = 0) -> dict:
     """Rejected-step fraction and NFE of ``ggf`` per eps_rel on claim 6's target (VP and VE),
     from one run of n samples started from the exact q_1 (info["rejected_fraction"])."""
     import torch
 
-    from analytic.processes import make_process
-    from convergence.experiment import sample
-    from convergence.targets import parse_target
-
-    target = parse_target("gmm:d=2,k=3,seed=0")
     n = 100 if quick else 2000
     rows = []
     for name in ("vp", "ve"):
-        process = make_process(name)
-        x = target.noised(process, 1.0).sample(n, seed=seed)
         for eps_rel in (0.05, 0.1) if quick else (0.01, 0.02, 0.05, 0.1):
-            res = sample(
-                "ggf",
-                target.score_fn(process),
-                process,
-                x.clone(),
-                1,
-                seed=seed,
-                eps_rel=eps_rel,
-                tweedie="none",
+            *_, res = _run_from_q1(
+                "gmm:d=2,k=3,seed=0", name, "ggf", n, seed, eps_rel=eps_rel, tweedie="none"
             )
             rows.append(
                 {
@@ -1112,23 +1111,16 @@ def ggf_bias(*, quick: bool = False, seed: int = 0) -> list[dict]:
     as eps_rel -> 0 is a bias of the method, not a discretisation error."""
     import torch
 
-    from analytic.processes import make_process
-    from convergence.experiment import sample
-    from convergence.targets import parse_target
-
     n = 200 if quick else 2000
     rows = []
     for d in (1,) if quick else (1, 64):
-        target, process = parse_target(f"gaussian:d={d}"), make_process("vp")
-        x = target.noised(process, 1.0).sample(n, seed=seed)
         for eps_rel in (0.1, 0.03) if quick else (0.1, 0.01, 0.001):
-            res = sample(
+            target, process, _, res = _run_from_q1(
+                f"gaussian:d={d}",
+                "vp",
                 "ggf",
-                target.score_fn(process),
-                process,
-                x.clone(),
-                1,
-                seed=seed,
+                n,
+                seed,
                 eps_rel=eps_rel,
                 eps_abs=eps_rel,
                 tweedie="none",
@@ -1170,24 +1162,11 @@ def rk45_tolerance(*, quick: bool = False, seed: int = 0) -> dict:
     """ode-rk45's error against its tolerance on gaussian:d=2 (VP): the root-mean-square distance
     between its output and the exact flow of the same start points, an upper bound on W2
     (synchronous coupling), with no Monte Carlo floor (the exact flow pushes q_1 onto q_t_end)."""
-    from analytic.processes import make_process
-    from convergence.experiment import sample
-    from convergence.targets import parse_target
-
-    target, process = parse_target("gaussian:d=2"), make_process("vp")
     n = 200 if quick else 2000
-    x = target.noised(process, 1.0).sample(n, seed=seed)
     rows = []
     for rtol in (1e-2, 1e-3, 1e-4) if quick else (1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7):
-        res = sample(
-            "ode-rk45",
-            target.score_fn(process),
-            process,
-            x.clone(),
-            1,
-            seed=seed,
-            rtol=rtol,
-            atol=rtol,
+        target, process, x, res = _run_from_q1(
+            "gaussian:d=2", "vp", "ode-rk45", n, seed, rtol=rtol, atol=rtol
         )
         exact = _gaussian_flow(target, process, 1.0, res.t_end)(x)
         w2 = float(((res.x - exact) ** 2).sum(-1).mean().sqrt())
