@@ -598,7 +598,9 @@ def judge_ggf(ctx: Context) -> ClaimResult:
                     else "not measured (ggf error outside EM's resolved range)",
                 )
             )
-        series.append(Series("ggf (eps_rel 0.2 to 0.01)", gx, gy, yerr=ge, style="ggf"))
+        tols = [json.loads(c.key.options)["eps_rel"] for c in ggf]
+        label = f"ggf (eps_rel {max(tols):g} to {min(tols):g})"
+        series.append(Series(label, gx, gy, yerr=ge, style="ggf"))
         for c in ctx.curves(process=process, sampler="ode-rk45", metric=metric):
             n_r, e_r, se_r, _ = (v[0] for v in _points(c))
             rtol = json.loads(c.key.options).get("rtol")
@@ -976,7 +978,9 @@ def judge_orders(ctx: Context) -> ClaimResult:
                 continue
             t = np.asarray(c.steps, float)
             pred = row["constant"] * t ** -row["order"]
-            series.append(Series("", t, pred, kind="dashed", style=row["sampler"]))
+            first = not any(x.kind == "dashed" for x in series)
+            label = r"sympy $CT^{-p}$ (dashed)" if first else ""
+            series.append(Series(label, t, pred, kind="dashed", style=row["sampler"]))
             j = len(c.steps) - 1
             ratio = c.errors[j] / pred[j]
             findings.append(
@@ -996,7 +1000,7 @@ def judge_orders(ctx: Context) -> ClaimResult:
             f"{metric}_vs_T_gaussian_d1",
             series,
             xlabel=AXES["T"],
-            ylabel=_metric_label(metric) + " (gaussian:d=1; dashed: sympy $CT^{-p}$)",
+            ylabel=_metric_label(metric) + " (gaussian:d=1)",
             slopes=[-1.0, -2.0] if metric == "w2" else [-2.0, -4.0],
         )
     rk = (ctx.studies.get("rk45_tolerance") or {}).get("rows", [])
