@@ -10,6 +10,9 @@
     convergence export RESULTS.sqlite --csv FILE
     convergence fit RESULTS.sqlite [--level X] [--json] [--markdown FILE] [--latex FILE]
     convergence figure RESULTS.sqlite --out DIR
+    convergence train --target SPEC --process vp|ve --steps N --out CKPT [--batch N] [--lr X]
+                      [--width N] [--blocks N] [--predict eps|score] [--seed N]
+                      [--device auto|cpu|cuda] [--resume CKPT] [--no-progress]
 
 Exit codes: 0 success, 2 bad usage or invalid input (one line on stderr), 1 a failed run.
 """
@@ -97,6 +100,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(kinds: " + ", ".join(PERTURBATIONS) + ")",
     )
     p.add_argument(
+        "--score",
+        default="exact",
+        metavar="SOURCE",
+        help="exact (default) or learned:CKPT, a network of `convergence train` (its error "
+        "against the exact score is reported like a perturbation's)",
+    )
+    p.add_argument(
         "--evaluator-option",
         type=_option,
         action="append",
@@ -166,6 +176,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", default=None, metavar="DIR", help="default: reports/configs/")
     p.add_argument("--claim", action="append", default=None, help="only this claim (id or number)")
     p.add_argument("--workers", type=int, default=None, help="local workers (default: cores)")
+    p.add_argument("--no-progress", action="store_true")
+
+    from convergence.learned import NetworkConfig, TrainConfig
+
+    p = sub.add_parser("train", help="train a score network by denoising score matching")
+    p.add_argument("--target", required=True, help="e.g. product:d=16,k=3,seed=0")
+    p.add_argument("--process", default="vp", choices=list(PROCESSES))
+    p.add_argument("--steps", type=int, required=True, help="total optimiser steps")
+    p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint (+ CKPT.json)")
+    p.add_argument("--batch", type=int, help=f"samples per step (default {TrainConfig.batch})")
+    p.add_argument("--lr", type=float, help=f"Adam learning rate (default {TrainConfig.lr:g})")
+    p.add_argument("--width", type=int, help=f"hidden width (default {NetworkConfig.width})")
+    p.add_argument("--blocks", type=int, help=f"residual blocks (default {NetworkConfig.blocks})")
+    p.add_argument("--predict", choices=["eps", "score"], help=f"default {NetworkConfig.predict}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda[:N]")
+    p.add_argument("--resume", default=None, metavar="CKPT", help="continue this checkpoint")
     p.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -248,7 +275,12 @@ def _progress(i: int, total: int, point) -> None:
 def cmd_rate(args) -> int:
     target = parse_target(args.target)
     process = make_process(args.process)
-    perturbation = None if args.perturb is None else parse_perturbation(args.perturb, target)
+    if args.score != "exact" and not args.score.startswith("learned:"):
+        raise ValueError(f"--score must be exact or learned:CKPT, got {args.score!r}")
+    if args.score != "exact" and args.perturb is not None:
+        raise ValueError("--score learned:CKPT and --perturb are exclusive: give one score")
+    spec = args.perturb if args.score == "exact" else args.score
+    perturbation = None if spec is None else parse_perturbation(spec, target)
     show = not args.json and sys.stderr.isatty()
     res = measure_rate(
         args.sampler,
@@ -495,6 +527,40 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from dataclasses import replace
+
+    from convergence.learned import NetworkConfig, TrainConfig, resolve_device, train
+    from convergence.learned.checkpoint import sidecar_path
+
+    device = resolve_device(args.device)
+    given = {k: getattr(args, k) for k in ("batch", "lr") if getattr(args, k) is not None}
+    config = TrainConfig(args.target, args.process, args.steps, seed=args.seed, **given)
+    sizes = {k: getattr(args, k) for k in ("width", "blocks", "predict")}
+    sizes = {k: v for k, v in sizes.items() if v is not None}
+    network = None
+    if sizes or args.resume is None:
+        network = replace(NetworkConfig(parse_target(args.target).dim, args.process), **sizes)
+    print(f"device: {device}", flush=True)
+    _, history = train(
+        config,
+        network,
+        device=device,
+        resume=args.resume,
+        checkpoint=args.out,
+        checkpoint_every=max(1, args.steps // 10),
+        progress=not args.no_progress,
+    )
+    tail = [loss for _, loss in history[-50:]]
+    print(
+        f"trained to step {history[-1][0]}; final loss {sum(tail) / len(tail):.4e} "
+        f"(mean of the last {len(tail)} steps)"
+    )
+    print(f"wrote {args.out}")
+    print(f"wrote {sidecar_path(args.out)}")
+    return 0
+
+
 COMMANDS = {
     "claims": cmd_claims,
     "report": cmd_report,
@@ -505,6 +571,7 @@ COMMANDS = {
     "export": cmd_export,
     "fit": cmd_fit,
     "figure": cmd_figure,
+    "train": cmd_train,
 }
 
 

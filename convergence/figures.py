@@ -562,11 +562,11 @@ def _set_ticks(ax, xs: Sequence[float], xlog: bool, ylog: bool, most: int = 9) -
 
 
 def _minor_log_label(axis, value: float, pos) -> str:
-    """Minor tick labels of a log axis: none when the view spans a decade or more (the powers of
-    ten label it), else only at 2 and 5 x 10^k (matplotlib's default also labels 3, 4 and 6,
+    """Minor tick labels of a log axis: none when two or more powers of ten are in view (they
+    label it), else only at 2 and 5 x 10^k (matplotlib's default also labels 3, 4 and 6,
     whose labels collide at one column's width)."""
     lo, hi = sorted(axis.get_view_interval())
-    if lo <= 0 or hi / lo >= 10:
+    if lo <= 0 or math.floor(math.log10(hi) + 1e-9) - math.ceil(math.log10(lo) - 1e-9) >= 1:
         return ""
     k = math.floor(math.log10(value) + 1e-9)
     mantissa = round(value / 10**k, 6)

@@ -121,12 +121,19 @@ def _study_symbolic(quick: bool) -> dict:
     return symbolic_constants()
 
 
+def _study_learned_error(quick: bool) -> dict:
+    from convergence.learned.claim import learned_error_study
+
+    return learned_error_study(quick)
+
+
 STUDIES: dict[str, Callable[[bool], dict]] = {
     "momentum": _study_momentum,
     "noise_levels": _study_noise_levels,
     "ggf_rejections": _study_ggf_rejections,
     "rk45_tolerance": _study_rk45_tolerance,
     "symbolic": _study_symbolic,
+    "learned_error": _study_learned_error,
 }
 
 
@@ -205,8 +212,10 @@ def judge_claims(
     quick: bool = False,
     claims: Sequence[PaperClaim] = CLAIMS,
     configs: str | Path | None = None,
+    draw: bool = True,
 ) -> list[ClaimResult]:
-    """Fit, judge, draw and tabulate every claim from what is stored under ``out``."""
+    """Fit, judge, draw (unless ``draw`` is False) and tabulate every claim from what is stored
+    under ``out``."""
     from convergence.verdicts import JUDGES, Context
 
     out = Path(out)
@@ -217,7 +226,7 @@ def judge_claims(
         for name in claim.studies:
             path = out / "studies" / f"{name}.json"
             studies[name] = json.loads(path.read_text()) if path.exists() else None
-        ctx = Context(claim, records, studies, out)
+        ctx = Context(claim, records, studies, out, draw=draw)
         if not records and not any(studies.values()):
             results.append(ClaimResult(claim, [], "pending"))
             continue

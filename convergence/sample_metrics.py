@@ -248,6 +248,7 @@ def sliced_w2(x: Any, y: Any, *, n_directions: int = 1000, seed: int = 0) -> flo
     numpy.random.default_rng(seed)), each 1-D W2 exact by the quantile coupling: for n = m the
     mean squared difference of the sorted projections, otherwise POT's ``ot.wasserstein_1d``.
     For a translation by delta, SW2^2 -> |delta|^2 / d as L -> oo (E (theta.e)^2 = 1/d).
+    In d = 1 every direction is +-1 and SW2 = W2 exactly, computed once (L is ignored).
     Cost O(L (n + m) (d + log(n + m))), projections in blocks of 64 MB.
     """
     xa = _as_points(x, "x")
@@ -255,8 +256,11 @@ def sliced_w2(x: Any, y: Any, *, n_directions: int = 1000, seed: int = 0) -> flo
     if xa.shape[1] != ya.shape[1]:
         raise ValueError(f"x and y must have the same dimension d, got {xa.shape} and {ya.shape}")
     L = _positive_int("n_directions", n_directions)
-    theta = np.random.default_rng(_check_seed(seed)).standard_normal((L, xa.shape[1]))
-    theta /= np.linalg.norm(theta, axis=1, keepdims=True)
+    if xa.shape[1] == 1:  # both directions of the line give the same 1-D W2
+        L, theta = 1, np.ones((1, 1))
+    else:
+        theta = np.random.default_rng(_check_seed(seed)).standard_normal((L, xa.shape[1]))
+        theta /= np.linalg.norm(theta, axis=1, keepdims=True)
     block = max(1, _BLOCK_BYTES // (8 * (xa.shape[0] + ya.shape[0])))
     total = 0.0
     for start in range(0, L, block):

@@ -13,6 +13,8 @@ perturbations"; issue 4). Spec strings ``kind:key=value,...``:
   weights w_k exp(A z_k) renormalised, means mu_k + B xi_k and covariances Sigma_k exp(C zeta_k),
   where z (K,), xi (K, d), zeta (K,) are standard normal, drawn in that order from numpy's
   default_rng(S); delta = grad log q~_t - grad log q_t at every t.
+* ``learned:CKPT``: a network trained by ``convergence train`` (convergence.learned.perturbation),
+  delta = s_theta - grad log q_t.
 
 ``score_error`` gives the sizes a theorem needs (THEORY.md 2.4 item 5) over a sampler's time grid
 t_1..t_m:
@@ -48,6 +50,8 @@ PERTURBATIONS: dict[str, str] = {
     "given; keys eps, power[, omega, phase]",
     "mixture": "exact score of a mixture with perturbed weights/means/covariances; "
     "keys weights, means, covs[, seed]",
+    "learned": "a trained network (convergence train): learned:CKPT or "
+    "learned:path=CKPT,device=auto|cpu|cuda",
 }
 _Z95 = 1.96
 _CHUNK = 2**22  # Monte Carlo: at most this many Jacobian entries (rows x K x d x d) at once
@@ -114,6 +118,9 @@ class Perturbation(ABC):
     keys: ClassVar[dict[str, type]]  # spec keys and their types
     required: ClassVar[tuple[str, ...]]
     dim: int  # a dataclass field or a property of the concrete classes
+    # Monte Carlo budget of score_error_on_schedule (samples per time, times) without closed form
+    mc_samples: ClassVar[int] = 20000
+    mc_times: ClassVar[int] = 200
 
     @property
     @abstractmethod
@@ -135,6 +142,11 @@ class Perturbation(ABC):
 
     def moments(self, q: GaussianMixture, t: float, process: Process) -> tuple[float, float] | None:
         """(E_q |delta(X, t)|^2, E_q ||grad delta(X, t)||_F^2) in closed form, or None."""
+        return None
+
+    def replacement_score(self, process: Process) -> Score | None:
+        """A direct score function equal to grad log q_t + delta (cheaper than the sum, e.g. a
+        wrong mixture's own score or a network), or None to add delta to the exact score."""
         return None
 
     def coordinate(self, i: int) -> Perturbation:
@@ -358,22 +370,57 @@ class WrongMixture(Perturbation):
     def _coordinate(self, i: int) -> Perturbation:
         return self
 
+    def replacement_score(self, process: Process) -> Score:
+        return self.wrong.score_fn(process)
+
     def delta(self, x: Tensor, t: Time, process: Process) -> Tensor:
         return self.wrong.score_fn(process)(x, t) - self.target.score_fn(process)(x, t)
 
     def jacobian(self, x: Tensor, t: Time, process: Process) -> Tensor:
-        if isinstance(t, Tensor) and t.numel() > 1:  # group rows by time (not differentiable)
-            out = x.new_empty(*x.shape, self.dim)
-            for u in torch.unique(t):
-                rows = t == u
-                out[rows] = self.jacobian(x[rows], float(u), process)
-            return out
+        return group_by_time(self._jacobian_at, x, t, process)
+
+    def _jacobian_at(self, x: Tensor, t: float, process: Process) -> Tensor:
         return self.wrong.noised(process, t).hessian(x) - self.target.noised(process, t).hessian(x)
 
 
-KINDS: dict[str, type[Perturbation]] = {
-    cls.kind: cls for cls in (Bias, Sine, SigmaPower, WrongMixture)
+def group_by_time(
+    fn: Callable[[Tensor, float, Process], Tensor], x: Tensor, t: Time, process: Process
+) -> Tensor:
+    """fn(x, t, process) -> (n, d, d) for one time, applied to per-sample times t (n,) by
+    grouping the rows of x (n, d) that share a time (the result is not differentiable in t)."""
+    if isinstance(t, Tensor) and t.numel() > 1:
+        out = x.new_empty(*x.shape, x.shape[-1])
+        for u in torch.unique(t):
+            rows = t == u
+            out[rows] = fn(x[rows], float(u), process)
+        return out
+    return fn(x, float(t), process)
+
+
+def same_mixture(a, b) -> bool:
+    """Whether two mixtures (GaussianMixture or ProductMixture) are of one type with equal
+    weights, means and covariances (variances of the factors for a product), exactly."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    spread = "variances" if hasattr(a, "variances") else "cov"
+    pairs = [(a.weights, b.weights), (a.means, b.means), (getattr(a, spread), getattr(b, spread))]
+    return all(u.shape == v.shape and torch.equal(u, v) for u, v in pairs)
+
+
+KINDS: dict[str, type[Perturbation] | None] = {
+    **{cls.kind: cls for cls in (Bias, Sine, SigmaPower, WrongMixture)},
+    "learned": None,  # convergence.learned.perturbation.LearnedScore, imported when first used
 }
+
+
+def _kind(kind: str) -> type[Perturbation]:
+    if kind == "learned":
+        from convergence.learned.perturbation import LearnedScore
+
+        return LearnedScore
+    return KINDS[kind]
 
 
 def parse_perturbation(spec: str, target: GaussianMixture) -> Perturbation:
@@ -381,7 +428,9 @@ def parse_perturbation(spec: str, target: GaussianMixture) -> Perturbation:
     kind, _, rest = spec.partition(":")
     if kind not in KINDS:
         raise ValueError(f"unknown perturbation {kind!r} in {spec!r}; allowed: {', '.join(KINDS)}")
-    cls = KINDS[kind]
+    cls = _kind(kind)
+    if kind == "learned" and not rest.startswith("path="):
+        rest = f"path={rest}"  # the short form learned:CKPT
     params: dict = {}
     for item in filter(None, rest.split(",")):
         key, eq, value = item.partition("=")
@@ -407,17 +456,8 @@ def parse_perturbation(spec: str, target: GaussianMixture) -> Perturbation:
 
 
 def _check_compatible(target: GaussianMixture, p: Perturbation) -> None:
-    if isinstance(p, WrongMixture):
-        a, b = p.target, target
-        same = a is b or (
-            a.weights.shape == b.weights.shape
-            and a.cov.shape == b.cov.shape
-            and a.means.shape == b.means.shape
-            and torch.equal(a.weights, b.weights)
-            and torch.equal(a.means, b.means)
-            and torch.equal(a.cov, b.cov)
-        )
-        if not same:
+    if hasattr(p, "target"):  # built for one target (a wrong mixture, a network)
+        if not same_mixture(p.target, target):
             raise ValueError(f"perturbation {p.spec!r} was built for another target")
     elif p.dim != target.dim:
         raise ValueError(f"perturbation {p.spec!r} is {p.dim}-dimensional, target is {target.dim}")
@@ -428,15 +468,17 @@ def perturbed_score(
 ) -> Score:
     """score(x, t) = grad log q_t(x) + delta(x, t); the exact score when perturbation is None.
 
-    Same t conventions as GaussianMixture.score_fn (a float, or per-sample (n,) times). A wrong
-    mixture's score is returned as the wrong mixture's own exact score (equal to the sum, cheaper).
+    Same t conventions as GaussianMixture.score_fn (a float, or per-sample (n,) times). A
+    perturbation with a direct score (a wrong mixture's own exact score, a network) returns that
+    (equal to the sum, cheaper).
     """
     exact = target.score_fn(process)
     if perturbation is None:
         return exact
     _check_compatible(target, perturbation)
-    if isinstance(perturbation, WrongMixture):
-        return perturbation.wrong.score_fn(process)
+    direct = perturbation.replacement_score(process)
+    if direct is not None:
+        return direct
 
     def score(x: Tensor, t: Time) -> Tensor:
         return exact(x, t) + perturbation.delta(x, t, process)
@@ -450,7 +492,8 @@ class ScoreError:
 
     ``eps_score_ci`` / ``eps_jacobi_ci`` are half-widths of 95% confidence intervals (0 when
     ``exact``); ``eps_score2_t`` / ``eps_jacobi2_t`` the per-time terms E|delta|^2 and
-    E||grad delta||_F^2 at ``times``; ``n_samples`` the Monte Carlo samples per time (0 if exact).
+    E||grad delta||_F^2 at ``times`` and ``eps_score2_t_ci`` / ``eps_jacobi2_t_ci`` their 95%
+    half-widths; ``n_samples`` the Monte Carlo samples per time (0 if exact).
     """
 
     eps_score: float
@@ -464,6 +507,12 @@ class ScoreError:
     times: np.ndarray = field(default_factory=lambda: np.zeros(0), compare=False, repr=False)
     eps_score2_t: np.ndarray = field(default_factory=lambda: np.zeros(0), compare=False, repr=False)
     eps_jacobi2_t: np.ndarray = field(
+        default_factory=lambda: np.zeros(0), compare=False, repr=False
+    )
+    eps_score2_t_ci: np.ndarray = field(
+        default_factory=lambda: np.zeros(0), compare=False, repr=False
+    )
+    eps_jacobi2_t_ci: np.ndarray = field(
         default_factory=lambda: np.zeros(0), compare=False, repr=False
     )
 
@@ -490,7 +539,8 @@ def _monte_carlo(
     """Means of |delta|^2 and ||grad delta||_F^2 over n exact samples of q, with the variances of
     those means (sample variance / n). Cost O(n K d^2) (closed-form Hessians), in chunks."""
     x = q.sample(n, seed=seed)
-    rows = max(1, _CHUNK // (q.n_components * q.dim * q.dim))
+    k = q.weights.shape[-1]  # components (per factor of a product: not K^d)
+    rows = max(1, _CHUNK // (k * q.dim * q.dim))
     a = torch.cat([p.delta(c, t, process).square().sum(-1) for c in x.split(rows)])
     b = torch.cat([p.jacobian(c, t, process).square().sum((-2, -1)) for c in x.split(rows)])
     return float(a.mean()), float(a.var()) / n, float(b.mean()), float(b.var()) / n
@@ -560,6 +610,8 @@ def score_error(
         times=ts,
         eps_score2_t=s2,
         eps_jacobi2_t=j2,
+        eps_score2_t_ci=_Z95 * np.sqrt(vs),
+        eps_jacobi2_t_ci=_Z95 * np.sqrt(vj),
     )
 
 
@@ -573,10 +625,11 @@ def score_error_on_schedule(
     t_end: float | None = None,
     options: dict | None = None,
     seed: int = 0,
-    max_times: int = 200,
+    max_times: int | None = None,
 ) -> tuple[ScoreError, str]:
     """``score_error`` over the step start times of ``sampler`` run with ``steps`` steps (at most
-    ``max_times`` of them, evenly spaced, to bound Monte Carlo costs), and a description of that
+    ``max_times`` of them, evenly spaced, to bound Monte Carlo costs; default the
+    perturbation's ``mc_times``, with its ``mc_samples`` per time), and a description of that
     grid."""
     from convergence.samplers import get_spec
     from convergence.samplers.base import check_t_end, prepare
@@ -585,7 +638,9 @@ def score_error_on_schedule(
     t_end = check_t_end(process, t_end)
     _, _, schedule = prepare(spec, process, steps, t_end, dict(options or {}))
     times = [t for t, _ in schedule]
+    kind = type(perturbation) if perturbation is not None else Perturbation
+    max_times = kind.mc_times if max_times is None else max_times
     if len(times) > max_times:
         times = [times[round(i * (len(times) - 1) / (max_times - 1))] for i in range(max_times)]
-    err = score_error(target, process, perturbation, times, seed=seed)
+    err = score_error(target, process, perturbation, times, n=kind.mc_samples, seed=seed)
     return err, f"{len(times)} step start times of T = {steps}"

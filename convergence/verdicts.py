@@ -57,6 +57,7 @@ class Context:
     out: Path
     figures: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. a figure that could not be drawn
+    draw: bool = True  # False: verdicts and tables only (no figure files written)
 
     @cached_property
     def analysis(self) -> Analysis:
@@ -84,11 +85,13 @@ class Context:
     def stem(self, name: str) -> Path:
         return self.out / "figures" / f"claim{self.claim.number}_{name}"
 
-    def plot(self, name: str, series: list[Series], **kw: Any) -> None:
-        if not series:
+    def plot(self, name: str, series: list[Series], *, plot=plot_series, **kw: Any) -> None:
+        """Draw ``series`` with ``plot`` (plot_series or plot_local_slopes) to the claim's
+        figure ``name``."""
+        if not series or not self.draw:
             return
         try:
-            self.figures += plot_series(series, self.stem(name), **kw)
+            self.figures += plot(series, self.stem(name), **kw)
         except ValueError as exc:  # nothing drawable (e.g. every point unresolved): say so
             self.notes.append(f"figure {name} not drawn: {exc}")
 
@@ -271,7 +274,8 @@ def _pair_claim(ctx: Context, samplers: tuple[str, str], metrics: tuple[str, ...
         slopes=sorted({(b, False) for b in claim.bound.values()}),
     )
     local = [c for c in ctx.curves(metric=claim.metric, options={}) if len(c.steps) >= 2]
-    ctx.figures += plot_local_slopes(
+    ctx.plot(
+        f"{claim.metric}_local_slopes",
         [
             Series(
                 f"{c.key.sampler}, {_TARGET_NAMES.get(c.key.target, c.key.target)}",
@@ -281,7 +285,7 @@ def _pair_claim(ctx: Context, samplers: tuple[str, str], metrics: tuple[str, ...
             )
             for c in local
         ],
-        ctx.stem(f"{claim.metric}_local_slopes"),
+        plot=plot_local_slopes,
         expected=sorted(set(claim.expected.values())),
     )
     return findings
@@ -741,8 +745,11 @@ def judge_ams(ctx: Context) -> ClaimResult:
     verdict = "pending"
     if speed or findings:
         within = sum("within" in f.verdict for f in speed)
-        verdict = f"speed-up of ams over pc: {within} of {len(speed)} settings within 2-5x " + (
-            "(" + ", ".join(f"{f.measured:.2g}x" for f in speed) + ")" if speed else ""
+        tried = sum(f.quantity == "NFE speed-up" for f in findings)
+        verdict = (
+            f"speed-up of ams over pc: {within} of {len(speed)} measured settings within 2-5x"
+            + (" (" + ", ".join(f"{f.measured:.2g}x" for f in speed) + ")" if speed else "")
+            + (f", {tried - len(speed)} not measured" if tried > len(speed) else "")
         )
         mom = [f for f in findings if f.quantity == "slope in kappa"]
         if mom:
@@ -942,8 +949,44 @@ def judge_annealed(ctx: Context) -> ClaimResult:
         if cas and als:
             t, ratio = _ratio_at_last(als, cas)
             verdict += f"; TV ratio ALS/CAS at L={t}: {ratio:.2g}"
+    effects = _denoise_effects(ctx)
+    findings += effects
+    if effects and verdict != "pending":
+        gain = max(abs(f.measured) for f in effects)
+        verdict += (
+            f"; the final denoise changes W2 by at most {gain:.1g} (relative), so the denoise "
+            "part of the claim is not resolved at this smallest noise level"
+            if gain < 0.01
+            else "; final denoise: " + ", ".join(f"{f.what} {f.measured:+.2g}" for f in effects)
+        )
     findings.sort(key=lambda f: not f.quantity.startswith("max"))
     return _result(ctx, findings, verdict)
+
+
+def _denoise_effects(ctx: Context) -> list[Finding]:
+    """Relative change of the samples' W2 made by the final denoise, W2_denoised / W2 - 1, at the
+    largest L, per sampler (same seeds, so the two runs share their noise)."""
+    out = []
+    for s in ("als", "cas"):
+        plain = ctx.curve(sampler=s, metric="sliced-w2", options={})
+        den = ctx.curve(sampler=s, metric="sliced-w2", options={"denoise_last": True})
+        if plain is None or den is None:
+            continue
+        t, ratio = _ratio_at_last(den, plain)
+        out.append(
+            Finding(
+                f"{s}: denoise effect at L={t}",
+                "W2 denoised / W2 - 1",
+                "-",
+                "-",
+                ratio - 1.0,
+                NAN,
+                NAN,
+                plain.key.evaluator,
+                "no effect" if abs(ratio - 1.0) < 0.01 else f"changes W2 by {ratio - 1.0:+.2g}",
+            )
+        )
+    return out
 
 
 # --------------------------------------------------------------------------- claim 9
@@ -1053,6 +1096,13 @@ def judge_orders(ctx: Context) -> ClaimResult:
     return _result(ctx, findings, verdict)
 
 
+def judge_learned(ctx: Context) -> ClaimResult:
+    """Claim 10 (``convergence.learned.claim.judge_learned``, imported on demand)."""
+    from convergence.learned.claim import judge_learned as judge
+
+    return judge(ctx)
+
+
 JUDGES = {
     "li-deterministic": judge_li_deterministic,
     "li-stochastic": judge_li_stochastic,
@@ -1063,6 +1113,7 @@ JUDGES = {
     "ams": judge_ams,
     "annealed": judge_annealed,
     "orders": judge_orders,
+    "learned": judge_learned,
 }
 
 

@@ -135,6 +135,8 @@ def why_not(kind: str, target, spec: SamplerSpec, metric: str, *, perturbation, 
             return "the perturbation is not coordinate-separable"
         return "" if metric in EXACT_METRICS else f"it has no metric {metric!r}"
     if kind == "logdet":
+        if not mixture:
+            return "it needs a GaussianMixture target"
         if spec.stochastic:
             return f"sampler {spec.name!r} is stochastic"
         return "" if metric in ("kl", "tv", "hellinger") else f"it has no metric {metric!r}"
@@ -284,6 +286,7 @@ def error(
             denoised,
             common,
             extra,
+            perturbation,
         )
     return replace(est, reference=est.reference or where)
 
@@ -401,13 +404,18 @@ def _samples(
     denoised,
     common,
     extra,
+    perturbation=None,
 ):
     from convergence.metrics import sample_distance
 
     if not isinstance(n, int) or isinstance(n, bool) or n < 2:
         raise ValueError(f"the samples evaluator needs n >= 2 samples, got {n!r}")
     x0 = start.sample(n, seed=2 * seed)
-    result = run_sampler(spec, score, process, x0, steps, noise=noise_source(noise, seed), **common)
+    device = getattr(perturbation, "on", x0.device)  # a network's device (learned scores)
+    result = run_sampler(
+        spec, score, process, x0.to(device), steps, noise=noise_source(noise, seed), **common
+    )
+    result = replace(result, x=result.x.cpu())  # one copy after the loop, none inside it
     t_end = common["t_end"]
 
     def sample_reference(m: int, s: int) -> torch.Tensor:

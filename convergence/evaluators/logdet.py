@@ -101,8 +101,13 @@ NOTE = (
 
 
 def kl_terms(log_rho: Tensor) -> Tensor:
-    """rho log rho - rho + 1 = rho (u + expm1(-u)), u = log rho: mean = KL(q || p) under p."""
-    return torch.exp(log_rho) * (log_rho + torch.expm1(-log_rho))
+    """rho log rho - rho + 1, u = log rho: mean = KL(q || p) under p. Evaluated as
+    rho (u + expm1(-u)) for u > 0 and u rho - expm1(u) for u <= 0, so a point where the output
+    density dwarfs the reference's (u -> -oo, term -> 1) gives 1, not 0 * inf."""
+    u = log_rho
+    pos = torch.exp(u.clamp(min=0)) * (u + torch.expm1(-u.clamp(min=0)))
+    neg = u.clamp(max=0) * torch.exp(u.clamp(max=0)) - torch.expm1(u.clamp(max=0))
+    return torch.where(u > 0, pos, neg)
 
 
 def k3_terms(log_rho: Tensor) -> Tensor:

@@ -279,7 +279,7 @@ def run_chain(
         )
         state = tr.state
         x = tr.mean + tr.std * noise.draw(st.k, tr.mean) if st.noisy and tr.std > 0 else tr.mean
-        if not torch.isfinite(x).all():
+        if not all_finite(x):
             raise DivergenceError(spec.name, st.k + 1, st.t, st.t_next)
     if denoise:
         x = tweedie(counted, process, x, t_end)
@@ -305,8 +305,14 @@ def check_states(x: Tensor) -> None:
     """Initial states must be a finite floating tensor of shape (n, d)."""
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim != 2:
         raise ValueError("x must be a floating-point torch tensor of shape (n, d)")
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         raise ValueError("initial states x must be finite")
+
+
+def all_finite(x: Tensor) -> bool:
+    """Whether every entry of x is finite (one scalar read back from x's device); True on the
+    ``meta`` device, whose tensors carry shapes but no values (the device-following tests)."""
+    return x.is_meta or bool(torch.isfinite(x).all())
 
 
 def sqrt_pos(v: float) -> float:

@@ -49,6 +49,7 @@ from convergence.samplers.base import (
     Score,
     Tensor,
     Transition,
+    all_finite,
     plan,
     prepare,
     run_chain,
@@ -182,7 +183,7 @@ class AMSCorrector:
         self.snr, self.per_sample, self.momentum = snr, per_sample, momentum
         self.m = self.g_prev = self.delta = None
         self.eta: Tensor | float = 0.0
-        self.betas: list[float] = []
+        self.betas: list[Tensor] = []  # mean beta per step, on x's device until the run ends
 
     def __call__(self, score: Score, x: Tensor, t: float, z: Tensor, a: float):
         g = score(x, t)
@@ -199,7 +200,7 @@ class AMSCorrector:
         self.m = g if self.momentum == "off" else beta * self.m + (1 - beta) * g
         self.eta = eps * (1 + beta) ** 2
         self.delta, self.g_prev = self.eta * self.m, g
-        self.betas.append(float(beta.mean()))
+        self.betas.append(beta.mean())
         mean = x + self.delta
         return mean + torch.sqrt(2.0 * eps) * z, mean
 
@@ -243,7 +244,7 @@ def pc_loop(
         tr = PREDICTORS[pred](score, process, x, st.t, st.t_next, c)
         z_index = st.k * (n_c + 1) + n_c
         x = tr.mean + tr.std * noise.draw(z_index, x) if st.noisy and tr.std > 0 else tr.mean
-        if not torch.isfinite(x).all():
+        if not all_finite(x):
             raise DivergenceError(name, st.k + 1, st.t, st.t_next)
     return x
 
@@ -271,7 +272,9 @@ def _run(
     info = {"options": opts, "denoised": denoise, "score_calls": counted.calls}
     info["snr"] = default_snr(process, opts)
     if isinstance(corrector, AMSCorrector):
-        info["momentum_beta"] = corrector.betas
+        betas = corrector.betas
+        keep = betas and not x.is_meta
+        info["momentum_beta"] = torch.stack(betas).cpu().tolist() if keep else []
     return SampleResult(x, counted.calls, t_end, info)
 
 

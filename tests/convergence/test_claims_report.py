@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # ---- the records --------------------------------------------------------------------------------
 
 
-def test_nine_claims_each_with_loadable_configs():
-    assert [c.number for c in CLAIMS] == list(range(1, 10))
-    assert len({c.id for c in CLAIMS}) == 9
+def test_ten_claims_each_with_loadable_configs():
+    assert [c.number for c in CLAIMS] == list(range(1, 11))
+    assert len({c.id for c in CLAIMS}) == 10
     for c in CLAIMS:
         assert c.paper and c.statement and c.setting and c.configs
         for path in c.config_paths():
@@ -142,7 +142,7 @@ def quick_report(tmp_path_factory):
 def test_quick_report_judges_every_claim(quick_report):
     out, proc = quick_report
     data = json.loads((out / "verdicts.json").read_text())
-    assert data["quick"] is True and [c["number"] for c in data["claims"]] == list(range(1, 10))
+    assert data["quick"] is True and [c["number"] for c in data["claims"]] == list(range(1, 11))
     for claim in data["claims"]:
         assert claim["verdict"] not in ("", "pending"), claim["id"]
         assert claim["findings"], claim["id"]
@@ -151,6 +151,10 @@ def test_quick_report_judges_every_claim(quick_report):
         for path in claim["figures"] + claim["tables"]:
             assert Path(path).is_file() and Path(path).stat().st_size > 0, path
     assert "report written to" in proc.stdout
+    annealed = next(c for c in data["claims"] if c["id"] == "annealed")
+    effects = [f for f in annealed["findings"] if "denoise effect" in f["what"]]
+    assert len(effects) == 2  # als and cas, each denoised against plain at the largest L
+    assert all(abs(f["measured"]) < 1.0 for f in effects)
 
 
 def test_quick_report_markdown_has_the_verdict_table(quick_report):
@@ -161,8 +165,8 @@ def test_quick_report_markdown_has_the_verdict_table(quick_report):
     assert header in text
     table = text.split("## Verdicts")[1].split("\n## ")[0]
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == 10  # header + one row per claim
-    for k in range(1, 10):
+    assert len(rows) == 11  # header + one row per claim
+    for k in range(1, 11):
         assert f"## {k}. " in text
     tex = (out / "tables" / "claim1.tex").read_text()
     assert r"\toprule" in tex and r"\bottomrule" in tex and "li-accel-ddim" in tex
@@ -176,7 +180,7 @@ def test_verdicts_come_from_stored_results(quick_report):
     stored = {
         c["id"]: c["verdict"] for c in json.loads((out / "verdicts.json").read_text())["claims"]
     }
-    again = judge_claims(out, quick=True)
+    again = judge_claims(out, quick=True, draw=False)
     assert {r.claim.id: r.verdict for r in again} == stored
 
 
@@ -200,7 +204,7 @@ def test_claims_command(quick_report, capsys):
     out, _ = quick_report
     assert main(["claims", "--json", "--out", str(out)]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 9 and all({"id", "paper", "verdict"} <= set(r) for r in rows)
+    assert len(rows) == 10 and all({"id", "paper", "verdict"} <= set(r) for r in rows)
     assert all(r["verdict"] != "pending" for r in rows)
     assert all(r["verdict"] == "pending" for r in last_verdicts(out / "nothing-here"))
 

@@ -320,7 +320,7 @@ def test_brownian_mode_converges_to_the_exact_reference():
     0.4999; mean 0.958, 0.982, 0.985 vs 1 (standard error 0.011); gaps 0.073, 0.024; NFE 129,
     519, 2219. The paper's fresh-z rule gives variance 0.75 and 0.94 at eps = 0.1 and 0.01."""
     target = gaussian_target(1)
-    x = target.noised(VP_, 1.0).sample(2000, seed=0)
+    x = target.noised(VP_, 1.0).sample(1000, seed=0)
     ref = reference_law_1d()
     outs = [
         convergence.sample(
@@ -343,8 +343,9 @@ def test_brownian_mode_is_batch_size_invariant():
     target = random_gmm(2, 4, 0)
     x = target.noised(VP_, 1.0).sample(7, seed=1)
     score = target.score_fn(VP_)
-    full = convergence.sample("ggf", score, VP_, x, 1, seed=3, noise="brownian")
-    alone = convergence.sample("ggf", score, VP_, x[4:5], 1, seed=3, offset=4, noise="brownian")
+    tol = dict(eps_rel=0.05, eps_abs=0.05, noise="brownian")  # any tolerance: fewer steps
+    full = convergence.sample("ggf", score, VP_, x, 1, seed=3, **tol)
+    alone = convergence.sample("ggf", score, VP_, x[4:5], 1, seed=3, offset=4, **tol)
     assert torch.allclose(full.x[4:5], alone.x, rtol=1e-12, atol=1e-12)
 
 

@@ -235,7 +235,7 @@ def test_mixture_is_separable_only_in_one_dimension():
 
 
 def test_specs_round_trip_and_listing():
-    assert set(PERTURBATIONS) == set(KINDS) == {"bias", "sin", "sigma-power", "mixture"}
+    assert set(PERTURBATIONS) == set(KINDS) == {"bias", "sin", "sigma-power", "mixture", "learned"}
     for spec in SPECS:
         p = parse_perturbation(spec, TARGET3)
         assert p.spec == spec
