@@ -347,8 +347,6 @@ def test_ddim_kl_slope_in_8d_acceptance():
 def test_kl_terms_stay_finite_where_the_output_density_dominates():
     """rho log rho - rho + 1 at u = log rho from -800 (rho underflows: the term is 1, not
     0 * inf) to 50, against the direct formula where it is representable."""
-    from convergence.evaluators.logdet import kl_terms
-
     u = torch.tensor([-800.0, -5.0, -1e-3, 0.0, 1e-3, 2.0, 50.0], dtype=torch.float64)
     rho = u.exp()
     assert torch.allclose(kl_terms(u), rho * u - rho + 1, rtol=1e-9, atol=0)
