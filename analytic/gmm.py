@@ -337,8 +337,10 @@ class GaussianMixture:
             k = torch.multinomial(self.weights, n, replacement=True, generator=gen)
             std = self._lam.sqrt()[k]
             z = (std[:, None] if self.kind == "isotropic" else std) * xi
-            if self._basis is not None:
-                z = torch.einsum("nij,nj->ni", self._basis.Q[k], z)
+            if self._basis is not None:  # z_i <- Q_k z_i, one matmul per component (no n d^2)
+                for c in torch.unique(k).tolist():
+                    rows = k == c
+                    z[rows] = z[rows] @ self._basis.Q[c].T
             xi = self.means[k] + z
         return xi.to(dtype=dtype, device=device)
 

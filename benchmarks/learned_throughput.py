@@ -3,8 +3,8 @@
 For each d, one ddim run of T steps on n points of ``gmm:d=D,k=3,seed=0`` (VP) with
 
 * the exact score (``GaussianMixture.score_fn``, float64 and float32 states), and
-* a ``ScoreNetwork`` of the default size (width 256, 3 residual blocks, float32; its weights do
-  not change the cost, so it is not trained here), float32 states,
+* a ``ScoreNetwork`` of the default ``NetworkConfig`` size (float32; its weights do not change
+  the cost, so it is not trained here), float32 states,
 
 timed as one warm-up run then --repeats runs (median), on the device ``--device`` resolves to
 (``convergence.learned.device``: CUDA when present). Reported: samples/s = n / time of a run,

@@ -173,12 +173,23 @@ def run_claims(
     out.mkdir(parents=True, exist_ok=True)
     store = out / RESULTS
     with _single_threaded_children(), make_executor("local", workers) as pool:
-        for claim in claims:
-            _run_claim(claim, out, store, pool, quick, configs, progress, log)
+        # the studies go to the pool first: they run two at a time on single-threaded workers
+        # (mostly small-tensor loops, which a second thread does not speed up), and each is
+        # stored whole when it finishes; the sweeps' tasks queue behind them
+        studies = {
+            name: pool.submit(load_study, out, name, quick) for c in claims for name in c.studies
+        }
+        try:
+            for claim in claims:
+                _run_claim(claim, out, store, pool, quick, configs, progress, log, studies)
+        except BaseException:
+            for future in studies.values():
+                future.cancel()  # the queued ones; a running study finishes and is stored
+            raise
     return store
 
 
-def _run_claim(claim, out, store, pool, quick, configs, progress, log) -> None:
+def _run_claim(claim, out, store, pool, quick, configs, progress, log, studies) -> None:
     from convergence.sweep.runner import run_sweep
 
     for config in claim.load_configs(configs, quick=quick):
@@ -191,7 +202,7 @@ def _run_claim(claim, out, store, pool, quick, configs, progress, log) -> None:
         if summary.interrupted:
             raise KeyboardInterrupt
     for name in claim.studies:
-        data = load_study(out, name, quick)
+        data = studies[name].result()
         log(f"claim {claim.number} study {name}: {data['seconds']:.1f} s")
 
 

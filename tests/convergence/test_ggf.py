@@ -311,6 +311,7 @@ def test_rejected_fraction_gmm_default_tolerances():
     assert 100 < nfe.mean() < out.nfe
 
 
+@pytest.mark.slow  # about 40 s of adaptive steps at eps = 2e-3 (CI keeps the batch invariance)
 def test_brownian_mode_converges_to_the_exact_reference():
     """noise="brownian": one Brownian path per sample, a rejected attempt retried on the same path
     (rejection sampling with memory). Unlike the paper's fresh-z rule, the output law then

@@ -320,9 +320,12 @@ def test_grid_tv_2d_of_a_stochastic_sampler_on_a_mixture_is_resolved():
     assert h * h <= tv.value <= h * math.sqrt(2 - h * h)
 
 
-def test_grid_tv_2d_refuses_a_run_beyond_its_budget():
+def test_grid_tv_2d_refuses_a_run_beyond_its_budget(monkeypatch):
+    from convergence.evaluators import grid
+
+    monkeypatch.setattr(grid, "TV_2D_BUDGET", 1e4)  # the real budget needs T ~ 64 to exceed
     with pytest.raises(ValueError, match="logdet"):
-        error("ddim", parse_target("gmm:d=2,k=3,seed=0"), VP, 64, metric="tv", evaluator="grid")
+        error("ddim", parse_target("gmm:d=2,k=3,seed=0"), VP, 4, metric="tv", evaluator="grid")
 
 
 def test_memoised_grid_metrics_reuse_one_propagation_per_problem():

@@ -86,9 +86,18 @@ def test_eps_score_is_the_monte_carlo_mean_with_a_ci(learned):
 
 def test_score_error_figure(learned, tmp_path):
     curve = score_error_curve(learned, VP, [0.05, 0.2, 0.8], n=200, seed=0)
-    paths = plot_score_error(curve, tmp_path / "eps")
+    study = {"networks": [{"train_steps": 30, **curve}]}
+    paths = plot_score_error(study, tmp_path / "eps")
     assert sorted(p.suffix for p in paths) == [".pdf", ".png"]
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_report_names_a_network_by_its_training_steps(tmp_path):
+    from convergence.learned.claim import NETWORKS, _network_name
+
+    assert _network_name(f"learned:{NETWORKS[0]}") == "network, 600 steps"
+    assert _network_name(f"learned:path={NETWORKS[1]},device=cpu") == "network, 6000 steps"
+    assert _network_name(f"learned:{tmp_path / 'gone.pt'}") == "network gone.pt"
 
 
 def test_errors_with_the_network_exceed_the_exact_score(learned):

@@ -40,7 +40,8 @@ def check_order(spec, metric, process=None, steps=STEPS):
     )
 
 
-@pytest.mark.parametrize("metric", ["w2", "kl", "hellinger"])
+# Hellinger has W2's order (-p) and the same propagation; it runs with the slow checks (-m slow)
+@pytest.mark.parametrize("metric", ["w2", "kl", pytest.param("hellinger", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", ORDERED)
 def test_declared_order_vp(name, metric):
     res = check_order(REGISTRY[name], metric)
