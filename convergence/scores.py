@@ -425,6 +425,16 @@ def _kind(kind: str) -> type[Perturbation]:
 
 def parse_perturbation(spec: str, target: GaussianMixture) -> Perturbation:
     """The perturbation named by ``kind:key=value,...`` (module docstring) for ``target``."""
+    cls, params = perturbation_fields(spec)
+    try:
+        return cls.for_target(target, **params)
+    except ValueError as err:
+        raise ValueError(f"perturbation {spec!r}: {err}") from None
+
+
+def perturbation_fields(spec: str) -> tuple[type[Perturbation], dict]:
+    """The class and the checked, typed parameters a ``kind:key=value,...`` spec names, without
+    building the perturbation (no target needed, no checkpoint loaded)."""
     kind, _, rest = spec.partition(":")
     if kind not in KINDS:
         raise ValueError(f"unknown perturbation {kind!r} in {spec!r}; allowed: {', '.join(KINDS)}")
@@ -449,10 +459,7 @@ def parse_perturbation(spec: str, target: GaussianMixture) -> Perturbation:
     missing = [k for k in cls.required if k not in params]
     if missing:
         raise ValueError(f"perturbation {spec!r} is missing {', '.join(missing)}")
-    try:
-        return cls.for_target(target, **params)
-    except ValueError as err:
-        raise ValueError(f"perturbation {spec!r}: {err}") from None
+    return cls, params
 
 
 def _check_compatible(target: GaussianMixture, p: Perturbation) -> None:

@@ -202,11 +202,12 @@ def _network_name(spec: str) -> str:
     file name when the sidecar cannot be read)."""
     import json
 
-    rest = spec.split(":", 1)[1]
-    fields = dict(f.split("=", 1) for f in rest.split(",")) if "path=" in rest else {"path": rest}
-    path = Path(fields["path"])
+    from convergence.learned.checkpoint import sidecar_path
+    from convergence.scores import perturbation_fields
+
+    path = Path(perturbation_fields(spec)[1]["path"])
     try:
-        steps = json.loads(path.with_name(path.name + ".json").read_text())["step"]
+        steps = json.loads(sidecar_path(path).read_text())["step"]
         return f"network, {steps} steps"
     except (OSError, ValueError, KeyError):
         return f"network {path.name}"
