@@ -25,16 +25,15 @@ the same weighted least squares on the same window points, take the (1 -+ confid
 quantiles of the replicate slopes). With m seeds there are at most C(2m-1, m) distinct
 replicates (10 for m = 3), so a bootstrap CI from few seeds is coarse.
 
-Verdicts. Against the expected slope E of the sampler's order: ``fit_rate``'s rule (consistent /
-faster / slower / inconclusive / n/a) applied to the CI. Against each claimed bound
-e <= C T^-beta of the sampler's spec in this metric, with c = -beta, measured slope s in
-[lo, hi] and tolerance tau (``bound_tol``, default 0.1 as ``fit_rate``'s verdict_tol and
-THEORY.md 2.4 step 4):
+Verdicts. One vocabulary (``rates.FitStatus``), one rule (``rates.slope_status``), applied to
+the CI against the expected slope E of the sampler's order and against each claimed bound
+e <= C T^-beta of the sampler's spec in this metric (reference c = -beta, tolerance tau =
+``bound_tol``, default 0.1 as ``fit_rate``'s verdict_tol):
 
-* "inconclusive"                 if the window is not settled;
-* "bound loose by X in the exponent"  if hi < c - tau  (X = c - s > 0: the error decays faster);
-* "violated"                     if lo > c + tau       (the error decays slower than promised);
-* "consistent"                   otherwise (the CI meets [c - tau, c + tau]).
+* "inconclusive"  if the window is not settled, n < 3 or the CI is wider than the width rule;
+* "faster"        if hi < c - tau: the bound is loose by X = c - s in the exponent;
+* "slower"        if lo > c + tau: the error decays slower than promised, the bound is violated;
+* "consistent"    otherwise (the CI meets [c - tau, c + tau]).
 
 With ``bound_tol=0`` the rule is exactly "consistent iff the CI contains c". The tolerance is
 there because exact evaluators give CIs of width ~1e-8, so a pre-asymptotic drift of 0.02 in the
@@ -56,6 +55,7 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from enum import Enum
 from itertools import combinations
 from typing import Any
 
@@ -65,18 +65,59 @@ from scipy import stats
 from convergence.evaluators import ErrorEstimate
 from convergence.experiment import _standard_error
 from convergence.rates import (
+    FitStatus,
     RateFit,
     UnresolvedRateError,
     _least_squares,
     _valid_mask,
-    _verdict,
     fit_rate,
     local_slopes,
+    slope_status,
 )
 
 DETERMINISTIC_EVALUATORS = ("gaussian", "grid", "tensor")
 VERDICT_TOL = 0.1  # fit_rate's default verdict_tol
 FLOOR_FACTOR = 10.0  # a point below FLOOR_FACTOR x its floor is unresolved (as in fit_rate)
+REL_UNCERTAINTY = 0.1  # a point whose uncertainty is >= this fraction of its value is flagged
+MASS_LIMIT = 1e-3  # reference mass off a grid above which a grid value is flagged (grid.UNRESOLVED)
+
+
+class PointFlag(str, Enum):
+    """Why a measured point may not enter a fit, a ratio or a headline (``point_flags``)."""
+
+    NON_FINITE = "non-finite or non-positive value"
+    OFF_GRID = "reference mass off the grid"
+    BELOW_FLOOR = "below 10x the evaluator's floor"
+    UNCERTAIN = "uncertainty >= 10% of the value"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def point_flags(
+    value: float, uncertainty: float, floor: float, mass_outside: float | None
+) -> tuple[PointFlag, ...]:
+    """The stored warnings of one measured point, from its structured fields only:
+
+    * NON_FINITE  value not finite or <= 0;
+    * OFF_GRID    mass_outside > MASS_LIMIT (the grid evaluator lost part of the reference);
+    * BELOW_FLOOR value < FLOOR_FACTOR x floor (the estimator cannot resolve it);
+    * UNCERTAIN   uncertainty >= REL_UNCERTAINTY x value (the stored error bar: a refinement
+      change, a 95% half-width or a noise floor).
+
+    An empty tuple means the point is valid. A flagged point never enters a fit or a ratio."""
+    if not (math.isfinite(value) and value > 0):
+        return (PointFlag.NON_FINITE,)
+    out = []
+    if mass_outside is not None and math.isfinite(mass_outside) and mass_outside > MASS_LIMIT:
+        out.append(PointFlag.OFF_GRID)
+    if math.isfinite(floor) and value < FLOOR_FACTOR * floor:
+        out.append(PointFlag.BELOW_FLOOR)
+    if not math.isfinite(uncertainty) or uncertainty >= REL_UNCERTAINTY * value:
+        out.append(PointFlag.UNCERTAIN)
+    return tuple(out)
+
+
 _REQUIRED = tuple(
     "target dim process sampler options steps perturbation metric seed n init t_end_requested "
     "final_noise denoise noise status value uncertainty evaluator_used floor nfe eps_score "
@@ -229,8 +270,18 @@ class BoundCheck:
 
     exponent: float
     source: str
-    verdict: str
+    status: FitStatus
     loose_by: float | None = None
+
+    @property
+    def verdict(self) -> str:
+        """The status, with what it means for a bound: 'faster (bound loose by X in the
+        exponent)', 'slower (bound violated)'."""
+        if self.status is FitStatus.FASTER:
+            return f"faster (bound loose by {self.loose_by:.2f} in the exponent)"
+        if self.status is FitStatus.SLOWER:
+            return "slower (bound violated)"
+        return self.status.value
 
     @property
     def claimed_slope(self) -> float:
@@ -255,6 +306,11 @@ class CurveFit:
     are per step count (``steps``); ``fit`` is ``rates.fit_rate``'s result on the mean curve
     (None when unresolved) and [``ci_low``, ``ci_high``] the CI actually reported (``ci_method``
     says regression or bootstrap). ``excluded`` counts non-ok rows by status.
+
+    ``uncertainties`` are the points' stored error bars (combined over seeds like the standard
+    errors; the median for exact evaluators), ``mass_outside`` the largest fraction of reference
+    mass a grid lost at that T, and ``flags`` the ``point_flags`` of each point: a flagged point
+    is shown but never enters the fit (nor its bootstrap).
     """
 
     key: CurveKey
@@ -272,7 +328,7 @@ class CurveFit:
     ci_high: float
     ci_method: str
     expected_slope: float | None
-    verdict: str
+    verdict: FitStatus
     bounds: tuple[BoundCheck, ...]
     excluded: tuple[tuple[str, int], ...]
     eps_score: tuple[float | None, ...]
@@ -281,10 +337,21 @@ class CurveFit:
     note: str = ""
     seed_errors: np.ndarray = field(default=None, repr=False, compare=False)  # (S, len(steps))
     seed_std_errors: np.ndarray = field(default=None, repr=False, compare=False)
+    uncertainties: tuple[float, ...] = ()
+    mass_outside: tuple[float | None, ...] = ()
+    flags: tuple[tuple[PointFlag, ...], ...] = ()
 
     @property
     def label(self) -> str:
         return self.key.label
+
+    def valid(self, j: int) -> bool:
+        """Whether point j may enter a fit or a ratio (no stored warning)."""
+        return not self.flags[j] if self.flags else math.isfinite(self.errors[j])
+
+    def flagged(self) -> list[tuple[int, float, tuple[PointFlag, ...]]]:
+        """(T, value, flags) of every flagged point."""
+        return [(t, e, f) for t, e, f in zip(self.steps, self.errors, self.flags, strict=True) if f]
 
     @property
     def replicated(self) -> bool:
@@ -332,16 +399,11 @@ def _bound_checks(
             continue
         c = -float(claim.exponent)
         if not math.isfinite(slope):
-            verdict, by = "unresolved", None
-        elif not settled:
-            verdict, by = "inconclusive", None
-        elif ci[1] < c - tau:
-            verdict, by = f"bound loose by {c - slope:.2f} in the exponent", c - slope
-        elif ci[0] > c + tau:
-            verdict, by = "violated", None
+            status = FitStatus.UNRESOLVED
         else:
-            verdict, by = "consistent", None
-        out.append(BoundCheck(float(claim.exponent), claim.source, verdict, by))
+            status = slope_status(ci, settled, 3 if settled else 0, c, tau)
+        by = c - slope if status is FitStatus.FASTER else None
+        out.append(BoundCheck(float(claim.exponent), claim.source, status, by))
     return tuple(out)
 
 
@@ -369,6 +431,7 @@ def _fit_one(
     shape = (len(seeds), len(steps))
     e, se, fl, nfe = (np.full(shape, np.nan) for _ in range(4))
     eps_s, eps_j = np.full(shape, np.nan), np.full(shape, np.nan)
+    unc, mass = np.full(shape, np.nan), np.full(shape, np.nan)
     duplicates = 0
     for r in rows:
         i, j = row[int(r["seed"])], col[int(r["steps"])]
@@ -379,8 +442,21 @@ def _fit_one(
         nfe[i, j] = float(r["nfe"])
         eps_s[i, j] = np.nan if r["eps_score"] is None else float(r["eps_score"])
         eps_j[i, j] = np.nan if r["eps_jacobi"] is None else float(r["eps_jacobi"])
+        unc[i, j] = float(r["uncertainty"])
+        mass[i, j] = np.nan if r.get("mass_outside") is None else float(r["mass_outside"])
     deterministic = key.evaluator in DETERMINISTIC_EVALUATORS
     mean, std_err, m = _mean_curve(e, se, deterministic)
+    _, point_unc, _ = _mean_curve(e, unc, deterministic)
+    with np.errstate(invalid="ignore"):
+        lost = np.nanmax(np.where(np.isnan(mass), -np.inf, mass), axis=0) if seeds else mass[0:0]
+    lost = np.where(np.isfinite(lost), lost, np.nan)
+    flags = tuple(
+        point_flags(float(v), float(u), float(f), None if np.isnan(g) else float(g))
+        for v, u, f, g in zip(
+            mean, point_unc, _nanmean(fl) if len(seeds) != 1 else fl[0], lost, strict=True
+        )
+    )
+    usable = np.array([not f for f in flags], dtype=bool)
     floors, eps_score, eps_jacobi = (
         _nanmean(a) if len(seeds) != 1 else a[0] for a in (fl, eps_s, eps_j)
     )  # no seeds (every row failed): empty columns
@@ -406,6 +482,9 @@ def _fit_one(
         expected_slope=expected,
         seed_errors=e,
         seed_std_errors=se,
+        uncertainties=tuple(float(v) for v in point_unc),
+        mass_outside=tuple(None if np.isnan(v) else float(v) for v in lost),
+        flags=flags,
     )
 
     def unresolved(slopes: tuple[float, ...], why: str) -> CurveFit:
@@ -416,7 +495,7 @@ def _fit_one(
             ci_low=math.nan,
             ci_high=math.nan,
             ci_method="none",
-            verdict="unresolved",
+            verdict=FitStatus.UNRESOLVED,
             bounds=_bound_checks(spec, key.metric, (math.nan,) * 2, math.nan, False, bound_tol),
             note="; ".join([*notes, why]),
             **common,
@@ -425,10 +504,12 @@ def _fit_one(
     if len(steps) < 2:
         return unresolved((), f"{len(steps)} step count(s): no slope")
     slopes = tuple(float(p) for p in local_slopes(steps, mean))
+    if not usable.any():
+        return unresolved(slopes, "every point is flagged")
     try:
         fit = fit_rate(
             steps,
-            mean,
+            np.where(usable, mean, np.nan),
             uncertainties=std_err,
             floors=floors,
             expected_slope=expected,
@@ -442,12 +523,12 @@ def _fit_one(
     settled = fit.settled and fit.n_points >= 3
     if len(seeds) >= 2 and not deterministic:
         ci, n_ok = _bootstrap_slope(
-            fit, np.asarray(steps), e, se, floors, confidence, n_boot, key, seed
+            fit, np.asarray(steps), e, se, floors, usable, confidence, n_boot, key, seed
         )
         method = f"bootstrap over {len(seeds)} seeds"
         if n_ok < n_boot:
             notes.append(f"{n_boot - n_ok} of {n_boot} bootstrap replicates had < 2 points")
-        verdict = _verdict(ci, settled, fit.n_points, expected, VERDICT_TOL)
+        verdict = slope_status(ci, settled, fit.n_points, expected, VERDICT_TOL)
     return CurveFit(
         local_slopes=slopes,
         fit=fit,
@@ -468,6 +549,7 @@ def _bootstrap_slope(
     e: np.ndarray,
     se: np.ndarray,
     floors: np.ndarray,
+    usable: np.ndarray,
     confidence: float,
     n_boot: int,
     key: CurveKey,
@@ -477,7 +559,7 @@ def _bootstrap_slope(
     i0, i1 = fit.window_indices
     mean, _, _ = _mean_curve(e, se, False)
     window = np.arange(i0, i1 + 1)
-    window = window[_valid_mask(mean, floors, FLOOR_FACTOR)[window]]  # the fit's points
+    window = window[(_valid_mask(mean, floors, FLOOR_FACTOR) & usable)[window]]  # the fit's points
     x_all = np.log(steps.astype(np.float64))
     rng = _curve_rng(key, seed)
     s_count = e.shape[0]
@@ -551,12 +633,12 @@ class NfeToError:
 
 
 def _resolved(curve: CurveFit, errors: np.ndarray) -> np.ndarray:
+    """Points that may enter a fit, a crossing or a ratio: no stored warning (``point_flags``)."""
     floors = np.asarray(curve.floors)
-    return (
-        _valid_mask(np.asarray(curve.errors), floors, FLOOR_FACTOR)
-        & np.isfinite(errors)
-        & (errors > 0)
-    )
+    ok = _valid_mask(np.asarray(curve.errors), floors, FLOOR_FACTOR)
+    if curve.flags:
+        ok &= np.array([not f for f in curve.flags], dtype=bool)
+    return ok & np.isfinite(errors) & (errors > 0)
 
 
 def _crossings(nfe: np.ndarray, e: np.ndarray, ok: np.ndarray, level: float):

@@ -483,7 +483,7 @@ def cmd_figure(args) -> int:
 
 
 def cmd_claims(args) -> int:
-    from convergence.report import last_verdicts
+    from convergence.claims.report import last_verdicts
 
     rows = last_verdicts(args.out)
     if args.json:
@@ -492,6 +492,7 @@ def cmd_claims(args) -> int:
     for r in rows:
         print(f"{r['number']}. {r['id']:<17} {r['title']}")
         print(f"   {r['paper']}")
+        print(f"   status: {r['status']}")
         print(f"   verdict: {r['verdict']}")
     return 0
 
@@ -500,7 +501,7 @@ def cmd_report(args) -> int:
     from pathlib import Path
 
     from convergence.claims import CLAIMS, get_claim
-    from convergence.report import build_report
+    from convergence.claims.report import build_report
 
     claims = [get_claim(c) for c in args.claim] if args.claim else list(CLAIMS)
     if args.workers is not None and args.workers < 1:
@@ -522,7 +523,7 @@ def cmd_report(args) -> int:
         print("convergence: interrupted; finished tasks are stored", file=sys.stderr)
         return 130
     for r in results:
-        print(f"{r.claim.number}. {r.claim.id}: {r.verdict}")
+        print(f"{r.claim.number}. {r.claim.id}: {r.status.value if r.findings else 'pending'}")
     print(f"report written to {Path(out) / 'REPORT.md'}")
     return 0
 

@@ -9,7 +9,7 @@ from itertools import pairwise
 from analytic.gmm import GaussianMixture
 from analytic.processes import Process
 from convergence.evaluators import ErrorEstimate, error, noise_source
-from convergence.rates import RateFit, UnresolvedRateError, fit_rate
+from convergence.rates import FitStatus, RateFit, UnresolvedRateError, fit_rate
 from convergence.samplers import SampleResult, SamplerSpec, get_spec
 from convergence.samplers.base import Score, Tensor, run_sampler
 
@@ -53,8 +53,8 @@ class RateResult:
     unresolved: str = ""
 
     @property
-    def verdict(self) -> str:
-        return self.fit.verdict if self.fit is not None else "unresolved"
+    def verdict(self) -> FitStatus:
+        return self.fit.verdict if self.fit is not None else FitStatus.UNRESOLVED
 
 
 def measure_rate(

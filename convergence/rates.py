@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,65 @@ from numpy.typing import ArrayLike
 from scipy import stats
 
 Window = tuple[int, int, bool]
+
+# The width rule: a CI whose 95% half-width exceeds max(WIDTH_LIMIT, WIDTH_FRACTION * |E|) says
+# nothing about the slope E it is compared with, whatever it overlaps.
+WIDTH_LIMIT = 0.25
+WIDTH_FRACTION = 0.1
+
+
+class FitStatus(str, Enum):
+    """The one vocabulary for a measured slope against a reference slope E (an expected order or
+    a claimed bound), shared by ``convergence rate``, the sweep tables and the claims report.
+
+    * consistent: the CI meets [E - tau, E + tau];
+    * faster: the CI lies below E - tau (the error decays faster than E says);
+    * slower: the CI lies above E + tau;
+    * inconclusive: no settled window, fewer than 3 points, or a CI wider than the width rule
+      allows (``width_limit``);
+    * unresolved: too few valid points to fit at all;
+    * not measured: the run that would measure it is missing or failed.
+
+    A str enum: ``FitStatus.CONSISTENT == "consistent"`` and its value is what tables print.
+    """
+
+    CONSISTENT = "consistent"
+    FASTER = "faster"
+    SLOWER = "slower"
+    INCONCLUSIVE = "inconclusive"
+    UNRESOLVED = "unresolved"
+    NOT_MEASURED = "not measured"
+    NO_REFERENCE = "n/a"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def width_limit(reference: float | None) -> float:
+    """The largest CI half-width that can decide a slope against ``reference``:
+    max(WIDTH_LIMIT, WIDTH_FRACTION |reference|) (0.25 for |E| <= 2.5, 0.4 for E = -4)."""
+    ref = 0.0 if reference is None or not math.isfinite(reference) else abs(reference)
+    return max(WIDTH_LIMIT, WIDTH_FRACTION * ref)
+
+
+def slope_status(
+    ci: tuple[float, float], settled: bool, n_points: int, reference: float | None, tau: float
+) -> FitStatus:
+    """The rule of ``FitStatus`` for a CI [lo, hi] against ``reference`` with tolerance tau, in
+    this order: n/a (no reference), inconclusive (not settled, n < 3, NaN CI, or half-width >
+    ``width_limit(reference)``), faster, slower, consistent."""
+    if reference is None:
+        return FitStatus.NO_REFERENCE
+    lo, hi = ci
+    if not settled or n_points < 3 or not (math.isfinite(lo) and math.isfinite(hi)):
+        return FitStatus.INCONCLUSIVE
+    if (hi - lo) / 2.0 > width_limit(reference):
+        return FitStatus.INCONCLUSIVE
+    if hi < reference - tau:
+        return FitStatus.FASTER
+    if lo > reference + tau:
+        return FitStatus.SLOWER
+    return FitStatus.CONSISTENT
 
 
 class UnresolvedRateError(ValueError):
@@ -238,7 +298,7 @@ class RateFit:
     local_slopes: tuple[float, ...]
     n_points: int
     expected_slope: float | None
-    verdict: str
+    verdict: FitStatus
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary (non-finite numbers become None)."""
@@ -250,7 +310,7 @@ class RateFit:
             "settled": bool(self.settled),
             "local_slopes": [_json_float(p) for p in self.local_slopes],
             "n_points": int(self.n_points),
-            "verdict": self.verdict,
+            "verdict": self.verdict.value,
             "expected_slope": _json_float(self.expected_slope),
         }
 
@@ -295,17 +355,18 @@ def fit_rate(
     the slope is known to that precision on the window; whether the window is asymptotic is what
     ``settled`` and the local slopes say.
 
-    Verdict (THEORY.md 2.4 step 4, with slope = -beta), against E = ``expected_slope`` and
+    Verdict (a ``FitStatus``; ``slope_status``), against E = ``expected_slope`` and
     tau = ``verdict_tol``, in this order:
 
     * "n/a"           if E is None;
-    * "inconclusive"  if the window is not settled or n < 3;
-    * "consistent"    if [ci_low, ci_high] intersects [E - tau, E + tau];
+    * "inconclusive"  if the window is not settled, n < 3, or the CI half-width exceeds
+                      ``width_limit(E)`` = max(0.25, 0.1 |E|) (a wide CI decides nothing);
     * "faster"        if ci_high < E - tau (decays more steeply than expected);
-    * "slower"        if ci_low > E + tau (decays more slowly than expected).
+    * "slower"        if ci_low > E + tau (decays more slowly than expected);
+    * "consistent"    otherwise ([ci_low, ci_high] meets [E - tau, E + tau]).
 
-    For a proved bound E = -beta_claim, "slower" is THEORY.md's "violated" and "faster" its
-    "loose"; "consistent" widens its "tight" (CI covers the claim) by tau.
+    For a proved bound E = -beta_claim, "slower" means the bound is violated and "faster" that
+    it is loose; "consistent" widens "tight" (the CI covers the claim) by tau.
 
     Args:
         steps: strictly increasing positive integers, n >= 2.
@@ -359,7 +420,7 @@ def fit_rate(
         local_slopes=tuple(float(p) for p in _slopes(t, e)),
         n_points=int(idx.size),
         expected_slope=expected_slope,
-        verdict=_verdict(fit_ci, settled, idx.size, expected_slope, verdict_tol),
+        verdict=slope_status(fit_ci, settled, int(idx.size), expected_slope, verdict_tol),
     )
 
 
@@ -387,22 +448,3 @@ def _least_squares(
         half = max(half, z / math.sqrt(s_xx))
     rounding = _ROUNDING * float(np.max(np.abs(y))) / math.sqrt(float(np.sum((x - x.mean()) ** 2)))
     return slope, intercept, max(half, rounding)
-
-
-def _verdict(
-    ci: tuple[float, float],
-    settled: bool,
-    n_points: int,
-    expected: float | None,
-    tau: float,
-) -> str:
-    """Verdict rule of ``fit_rate``."""
-    if expected is None:
-        return "n/a"
-    if not settled or n_points < 3:
-        return "inconclusive"
-    if ci[1] < expected - tau:
-        return "faster"
-    if ci[0] > expected + tau:
-        return "slower"
-    return "consistent"

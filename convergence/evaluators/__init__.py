@@ -74,6 +74,7 @@ class ErrorEstimate:
     lower_bound: float | None = None
     note: str = ""
     reference: str = ""
+    mass_outside: float | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -386,6 +387,7 @@ def _on_grid(kind, spec, target, process, steps, metric, init, perturbation, com
         floor=unc,
         lower_bound=fine.h2 if bounded else None,
         note=f"{note}; {TV_SANDWICH_NOTE}" if bounded else note,
+        mass_outside=float(fine.reference_missing),
     )
 
 

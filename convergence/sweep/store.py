@@ -1,6 +1,6 @@
 """The results store of a sweep: one SQLite file, one row per task, a run table with provenance.
 
-Layout (schema version 1, DESIGN.md decision 7, issue 5 item 2):
+Layout (schema version 2; DESIGN.md decision 7, issue 5 item 2):
 
 * ``meta(name TEXT PRIMARY KEY, value TEXT)`` holds ``schema_version``;
 * ``runs(run_id, started, config_path, config_name, config_toml, environment)``: one row per
@@ -16,6 +16,12 @@ never exist; for the other statuses those columns are NULL (``nfe`` may be set).
 NaN REAL as NULL: ``record`` refuses NaN in value / uncertainty / floor / t_end of an ok outcome
 (the runner should report such a task as failed) and stores NaN in an optional real as None;
 +-inf is stored as is.
+
+Schema versions: version 2 added ``mass_outside`` (the fraction of the reference law's mass that
+lies outside a grid evaluator's grid, NULL for other evaluators). A version-1 file is migrated in
+place when opened for writing or reading: the column is added and filled, once, from the legacy
+note text "X of the reference's mass lies outside the grid" (the only place version 1 kept it);
+rows without that note get 0 for grid and tensor rows, NULL otherwise.
 
 Re-runs: every recorded key, whatever its status, is finished (``finished_keys``); retrying the
 failed ones is the runner's choice (``finished_keys(statuses=("ok", "diverged"))`` and
@@ -44,6 +50,7 @@ import math
 import operator
 import os
 import platform
+import re
 import socket
 import sqlite3
 import subprocess
@@ -54,7 +61,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("ok", "diverged", "failed")
 SYNCHRONOUS = ("NORMAL", "FULL")
 
@@ -92,6 +99,7 @@ _COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("n_samples", "INTEGER", "ok"),
     ("reference", "TEXT", "ok"),
     ("note", "TEXT", "ok"),
+    ("mass_outside", "REAL", ""),
     ("eps_score", "REAL", ""),
     ("eps_jacobi", "REAL", ""),
     ("wall", "REAL", "all"),
@@ -132,7 +140,9 @@ _ESTIMATE_TO_RECORD = {
     "n_samples": "n_samples",
     "reference": "reference",
     "note": "note",
+    "mass_outside": "mass_outside",
 }
+_OPTIONAL = ("lower_bound", "mass_outside")  # estimate fields that may be None in an ok row
 # SQLite stores a NaN REAL as NULL: these must be numbers (inf allowed) in an ok outcome.
 _OK_REALS = ("value", "uncertainty", "floor", "t_end")
 
@@ -206,7 +216,7 @@ def outcome_row(run_id: int, outcome: Outcome) -> dict[str, Any]:
     if outcome.status == "ok":
         if not isinstance(est, dict):
             raise ValueError(f"an ok outcome needs an estimate dict, got {type(est).__name__}")
-        missing = [k for k in _ESTIMATE_TO_RECORD if k != "lower_bound" and est.get(k) is None]
+        missing = [k for k in _ESTIMATE_TO_RECORD if k not in _OPTIONAL and est.get(k) is None]
         if missing:
             raise ValueError(f"ok outcome {outcome.key[:12]} has no estimate fields {missing}")
         nan = [k for k in _OK_REALS if _is_nan(est[k])]
@@ -297,6 +307,30 @@ def _schema_sql() -> list[str]:
     ]
 
 
+_LEGACY_MASS = re.compile(r"([0-9.eE+-]+) of the reference's mass lies outside the grid")
+
+
+def _legacy_mass_outside(evaluator: str | None, note: str | None) -> float | None:
+    """Version 1 kept a grid's missing reference mass only in the note text (module docstring)."""
+    if evaluator not in ("grid", "tensor"):
+        return None
+    found = _LEGACY_MASS.search(note or "")
+    return float(found.group(1)) if found else 0.0
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: add ``mass_outside`` and fill it from the legacy notes (one transaction)."""
+    conn.execute("ALTER TABLE results ADD COLUMN mass_outside REAL")
+    rows = conn.execute(
+        "SELECT key, evaluator_used, note FROM results WHERE status = 'ok'"
+    ).fetchall()
+    conn.executemany(
+        "UPDATE results SET mass_outside = ? WHERE key = ?",
+        [(_legacy_mass_outside(ev, note), key) for key, ev, note in rows],
+    )
+    conn.execute("UPDATE meta SET value = ? WHERE name = 'schema_version'", (str(SCHEMA_VERSION),))
+
+
 class Store:
     """An SQLite results store (see the module docstring for schema and durability).
 
@@ -367,6 +401,10 @@ class Store:
                 )
         row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
         version = row[0] if row else None
+        if version == "1":
+            with self._transaction():
+                _migrate_v1(conn)
+            version = str(SCHEMA_VERSION)
         if version != str(SCHEMA_VERSION):
             raise StoreError(
                 f"{self.path}: results store schema version {version!r}; this package reads "

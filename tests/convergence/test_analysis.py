@@ -290,25 +290,25 @@ def test_claimed_bound_verdicts():
     first = the(curves, target=GAUSS, metric="tv")
     assert first.verdict == "consistent"
     b = _bounds(first)
-    assert b[chen].verdict == "bound loose by 0.50 in the exponent"
+    assert b[chen].verdict == "faster (bound loose by 0.50 in the exponent)"
     assert b[chen].loose_by == pytest.approx(0.5, abs=1e-9)
     assert b[li_yan].verdict == "consistent"
 
     slow = the(curves, target="gaussian:d=3")
     assert slow.verdict == "slower"
-    assert {v.verdict for v in slow.bounds} == {"violated"}
+    assert {v.verdict for v in slow.bounds} == {"slower (bound violated)"}
 
     near = _bounds(the(curves, target="gaussian:d=4"))
     assert near[chen].verdict == "consistent"  # slope -0.45 within tau = 0.1 of -0.5
     strict = _bounds(the(fit_curves(records, bound_tol=0.0), target="gaussian:d=4"))
-    assert strict[chen].verdict == "violated"  # the CI (width ~1e-8) excludes -0.5
+    assert strict[chen].verdict == "slower (bound violated)"  # the CI (width ~1e-8) excludes -0.5
 
     unsettled = the(curves, target="gaussian:d=5")
     assert unsettled.verdict == "inconclusive" and not unsettled.settled
     assert {v.verdict for v in unsettled.bounds} == {"inconclusive"}
 
     kl = the(curves, sampler="ddpm", metric="kl")
-    assert [v.verdict for v in kl.bounds] == ["bound loose by 1.00 in the exponent"]
+    assert [v.verdict for v in kl.bounds] == ["faster (bound loose by 1.00 in the exponent)"]
     assert the(curves, sampler="ddim", metric="kl").bounds == ()  # ddim claims TV only
 
 

@@ -1,11 +1,10 @@
-"""The claims records, the verdict rules and the report (issue 6).
+"""The claims records and the report (issue 6; the rules are in test_findings.py).
 
 The whole ``convergence report --quick`` runs once per session (module fixture, ~1.5 min on 2
 cores); the other tests read what it wrote.
 """
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -15,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from convergence.claims import CLAIMS, CONFIG_DIR, get_claim, quick_config
+from convergence.claims.report import last_verdicts
 from convergence.cli import main
-from convergence.report import Finding, last_verdicts
-from convergence.verdicts import loglog_fit, range_verdict, slope_verdict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,58 +55,6 @@ def test_quick_config_reduces_every_axis():
     assert ggf.seeds == (0, 1) and ggf.n == 1000 and ggf.processes == ("vp", "ve")
 
 
-# ---- the verdict rules --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("slope", "lo", "hi", "claimed", "slopes", "settled", "kind", "verdict"),
-    [
-        (-1.0, -1.01, -0.99, -0.5, (), True, "bound", "bound loose by 0.50"),
-        (-0.95, -0.97, -0.93, -1.0, (), True, "bound", "consistent"),
-        (-0.5, -0.52, -0.48, -1.0, (-0.5, -0.5, -0.5), True, "bound", "violated"),
-        (-1.5, -1.6, -1.4, -2.0, (-1.2, -1.4, -1.6), True, "bound", "not yet asymptotic"),
-        (-0.5, -0.52, -0.48, -1.0, (-0.5, -0.5), False, "bound", "inconclusive"),
-        (-2.0, -2.01, -1.99, -2.0, (), True, "expected", "as expected"),
-        (-1.5, -1.51, -1.49, -1.0, (), True, "expected", "steeper than expected by 0.50"),
-        (
-            -0.7,
-            -0.71,
-            -0.69,
-            -1.0,
-            (-0.7, -0.7),
-            True,
-            "expected",
-            "shallower than expected by 0.30",
-        ),
-        (0.45, 0.4, 0.5, 2.0, (), True, "expected", "shallower than expected by 1.55"),
-        (1.5, 1.4, 1.6, 1.0, (), True, "expected", "steeper than expected by 0.50"),
-        (math.nan, math.nan, math.nan, -1.0, (), True, "bound", "inconclusive (no resolved"),
-    ],
-)
-def test_slope_verdicts(slope, lo, hi, claimed, slopes, settled, kind, verdict):
-    got = slope_verdict(slope, lo, hi, claimed, slopes, settled=settled, kind=kind)
-    assert got.startswith(verdict)
-
-
-def test_range_verdict_and_loglog_fit():
-    assert range_verdict(3.0, 2.5, 3.5, 2, 10) == "within the claimed 2-10x"
-    assert range_verdict(1.2, 1.0, 1.5, 2, 10) == "below the claimed 2-10x"
-    assert range_verdict(12.0, 11.0, 13.0, 2, 5) == "above the claimed 2-5x"
-    assert range_verdict(1.5, 1.0, 2.5, 2, 5) == "within the claimed 2-5x"  # the CI meets it
-    slope, a, lo, hi = loglog_fit([1, 2, 4, 8], [3.0 * x**-1.5 for x in (1, 2, 4, 8)])
-    assert slope == pytest.approx(-1.5, abs=1e-12) and a == pytest.approx(math.log(3.0))
-    assert lo == pytest.approx(-1.5, abs=1e-9) and hi == pytest.approx(-1.5, abs=1e-9)
-    assert math.isnan(loglog_fit([1, 2], [1, 2])[2])  # two points: no CI
-
-
-def test_finding_text():
-    f = Finding("x", "slope in T", "-1", "-1", -1.0, -1.02, -0.98, "grid", "consistent")
-    assert f.measured_text() == "-1 [-1.02, -0.98]"
-    assert (
-        Finding("x", "q", "-", "-", math.nan, math.nan, math.nan, "e", "v").measured_text() == "n/a"
-    )
-
-
 # ---- the report ---------------------------------------------------------------------------------
 
 
@@ -143,9 +89,16 @@ def test_quick_report_judges_every_claim(quick_report):
     out, proc = quick_report
     data = json.loads((out / "verdicts.json").read_text())
     assert data["quick"] is True and [c["number"] for c in data["claims"]] == list(range(1, 11))
+    statuses = {"supported", "refuted", "mixed", "inconclusive", "not tested in the claim's regime"}
     for claim in data["claims"]:
-        assert claim["verdict"] not in ("", "pending"), claim["id"]
+        assert claim["status"] in statuses and claim["verdict"].startswith(claim["status"])
         assert claim["findings"], claim["id"]
+        recount = {}
+        for f in claim["findings"]:
+            recount[f["status"]] = recount.get(f["status"], 0) + 1
+        assert recount == claim["counts"], claim["id"]
+        h = claim["headline"]
+        assert h is not None and claim["findings"][h]["what"] == claim["headline_text"]
         assert any(f.endswith(".pdf") for f in claim["figures"]), claim["id"]
         assert any(f.endswith(".png") for f in claim["figures"]), claim["id"]
         for path in claim["figures"] + claim["tables"]:
@@ -161,8 +114,8 @@ def test_quick_report_markdown_has_the_verdict_table(quick_report):
     out, _ = quick_report
     text = (out / "REPORT.md").read_text()
     assert text.startswith("# Convergence claims") and "**Quick run**" in text
-    header = "| claim | headline comparison | bound | expected | measured [95% CI] | evaluator |"
-    assert header in text
+    header = "| claim | status | headline finding | measured [95% CI] | bound / expected |"
+    assert header in text and "How a verdict is reached" in text
     table = text.split("## Verdicts")[1].split("\n## ")[0]
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 11  # header + one row per claim
@@ -174,20 +127,21 @@ def test_quick_report_markdown_has_the_verdict_table(quick_report):
 
 def test_verdicts_come_from_stored_results(quick_report):
     """Judging again from the store alone (no sampler runs) gives the same verdicts."""
-    from convergence.report import judge_claims
+    from convergence.claims.report import judge_claims
 
     out, _ = quick_report
     stored = {
-        c["id"]: c["verdict"] for c in json.loads((out / "verdicts.json").read_text())["claims"]
+        c["id"]: (c["status"], c["counts"], c["verdict"])
+        for c in json.loads((out / "verdicts.json").read_text())["claims"]
     }
     again = judge_claims(out, quick=True, draw=False)
-    assert {r.claim.id: r.verdict for r in again} == stored
+    assert {r.claim.id: (r.status.value, r.counts, r.verdict) for r in again} == stored
 
 
 def test_quick_report_is_reused_not_rerun(quick_report):
     """A second run finds every task and study stored: it computes nothing new."""
     out, _ = quick_report
-    from convergence.report import run_claims
+    from convergence.claims.report import run_claims
 
     lines = []
     run_claims(
@@ -204,9 +158,9 @@ def test_claims_command(quick_report, capsys):
     out, _ = quick_report
     assert main(["claims", "--json", "--out", str(out)]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 10 and all({"id", "paper", "verdict"} <= set(r) for r in rows)
-    assert all(r["verdict"] != "pending" for r in rows)
-    assert all(r["verdict"] == "pending" for r in last_verdicts(out / "nothing-here"))
+    assert len(rows) == 10 and all({"id", "paper", "status", "verdict"} <= set(r) for r in rows)
+    assert all(r["status"] != "pending" for r in rows)
+    assert all(r["status"] == "pending" for r in last_verdicts(out / "nothing-here"))
 
 
 def test_report_command_rejects_bad_input(capsys, tmp_path):

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from analytic.processes import make_process
+from convergence.claims.learned import plot_score_error, score_error_curve
 from convergence.cli import main
 from convergence.evaluators import error
 from convergence.learned.checkpoint import save_checkpoint
-from convergence.learned.claim import plot_score_error, score_error_curve
 from convergence.learned.perturbation import LearnedScore
 from convergence.learned.training import TrainConfig, train
 from convergence.scores import parse_perturbation, perturbed_score, score_error
@@ -93,7 +93,7 @@ def test_score_error_figure(learned, tmp_path):
 
 
 def test_report_names_a_network_by_its_training_steps(tmp_path):
-    from convergence.learned.claim import NETWORKS, _network_name
+    from convergence.claims.learned import NETWORKS, _network_name
 
     assert _network_name(f"learned:{NETWORKS[0]}") == "network, 600 steps"
     assert _network_name(f"learned:path={NETWORKS[1]},device=cpu") == "network, 6000 steps"

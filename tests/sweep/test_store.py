@@ -55,7 +55,7 @@ def make_estimate(**over):
     est = {
         "value": 1.25e-3, "uncertainty": 3.0e-17, "evaluator": "gaussian", "metric": "kl",
         "steps": 16, "nfe": 16, "t_end": 1e-3, "exact": True, "floor": 0.0, "n_samples": 0,
-        "lower_bound": None, "note": "", "reference": "q_t_end",
+        "lower_bound": None, "note": "", "reference": "q_t_end", "mass_outside": None,
     }
     est.update(over)
     return est
@@ -162,6 +162,7 @@ def expected_record(outcome: Outcome, run_id: int) -> dict:
         "n_samples": e["n_samples"] if ok else None,
         "reference": e["reference"] if ok else None,
         "note": e["note"] if ok else None,
+        "mass_outside": e.get("mass_outside") if ok else None,
         "eps_score": outcome.eps_score,
         "eps_jacobi": outcome.eps_jacobi,
         "wall": outcome.wall,
@@ -180,7 +181,7 @@ def test_field_maps_match_error_estimate_and_task():
     stored = set(store_mod._TASK_TO_RECORD.values()) | set(store_mod._ESTIMATE_TO_RECORD.values())
     outcome_fields = {"key", "run_id", "status", "message", "eps_score", "eps_jacobi", "wall"}
     assert stored | outcome_fields | {"finished"} == set(RECORD_FIELDS)
-    assert len(RECORD_FIELDS) == 35
+    assert len(RECORD_FIELDS) == 36
 
 
 def test_task_fields_match_config_task():
@@ -431,11 +432,48 @@ def test_foreign_sqlite_database_is_refused_untouched(tmp_path: Path):
 def test_newer_schema_is_refused(db: Path):
     Store(db).close()
     conn = sqlite3.connect(db)
-    conn.execute("UPDATE meta SET value = '2' WHERE name = 'schema_version'")
+    conn.execute("UPDATE meta SET value = '3' WHERE name = 'schema_version'")
     conn.commit()
     conn.close()
-    with pytest.raises(StoreError, match="schema version '2'; this package reads version 1"):
+    with pytest.raises(StoreError, match="schema version '3'; this package reads version 2"):
         Store(db)
+
+
+def test_version_1_store_is_migrated_with_the_grid_mass_from_its_notes(db: Path):
+    """A version-1 file has no mass_outside column: opening it adds the column and fills it from
+    the legacy note (the grid's fraction of reference mass off the grid), 0 for a grid row
+    without that note and NULL for another evaluator."""
+    with Store(db) as s:
+        run = s.begin_run(None, "x", None)
+        notes = {
+            "a": ("grid", "608 grid nodes; 0.68 of the reference's mass lies outside the grid"),
+            "b": ("grid", "340 grid nodes"),
+            "c": ("gaussian", ""),
+        }
+        for key, (ev, note) in notes.items():
+            s.record(
+                run,
+                Outcome(
+                    key,
+                    make_task(seed=ord(key)),
+                    "ok",
+                    "",
+                    make_estimate(evaluator=ev, note=note),
+                    None,
+                    None,
+                    0.1,
+                ),
+            )
+    conn = sqlite3.connect(db)  # rewrite the file as version 1 wrote it
+    conn.execute("ALTER TABLE results DROP COLUMN mass_outside")
+    conn.execute("UPDATE meta SET value = '1' WHERE name = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with Store(db, create=False) as s:
+        got = {r["key"]: r["mass_outside"] for r in s.records()}
+    assert got == {"a": 0.68, "b": 0.0, "c": None}
+    version = sqlite3.connect(db).execute("SELECT value FROM meta WHERE name='schema_version'")
+    assert version.fetchone()[0] == "2"
 
 
 def test_missing_file_and_directory_are_refused(tmp_path: Path):

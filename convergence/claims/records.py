@@ -1,4 +1,4 @@
-"""The seed papers' claims as data (DESIGN.md decision 6; issue 6).
+"""The seed papers' claims as data: each record holds its own judge and studies.
 
 Each ``PaperClaim`` names the paper, states the claim in our words, says how it is tested, lists
 the sweep configs (``reports/configs/<name>.toml``) whose stored results decide it, the exact
@@ -7,10 +7,10 @@ report as JSON beside the results store), and the slopes at stake:
 
 * ``bound``: what the theorem or paper claims, as a log-log slope in T (or the claimed range of a
   speed-up), per sampler;
-* ``expected``: the order theory predicts on smooth targets with exact scores (THEORY.md 2.2).
+* ``expected``: the order theory predicts on smooth targets with exact scores.
 
-The measured values and verdicts are computed by ``convergence.report`` from the stored results;
-nothing here is a result. ``convergence claims``, the report and the tests iterate over
+The measured values and verdicts are computed by ``convergence.claims.report`` from the stored
+results; nothing here is a result. ``convergence claims``, the report and the tests iterate over
 ``CLAIMS``.
 
 ``quick_config`` reduces a config to the ``--quick`` version of the report: per sampler entry
@@ -25,12 +25,19 @@ computed, not the full numbers.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from convergence.claims import judge_annealed as annealed
+from convergence.claims import judge_errors as errors
+from convergence.claims import judge_rates as rates
+from convergence.claims import judge_speed as speed
+from convergence.claims import learned
+from convergence.claims import studies as st
 from convergence.sweep.config import SweepConfig, load_config
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "reports" / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "reports" / "configs"
 QUICK_STEPS = 2
 QUICK_MAX_STEPS = 32
 QUICK_TARGETS = 1
@@ -54,8 +61,10 @@ class PaperClaim:
     metric: str
     bound: dict[str, float]  # sampler -> claimed slope in T (metric ``metric``)
     expected: dict[str, float]  # sampler -> expected slope in T on smooth targets
-    studies: tuple[str, ...] = ()
+    judge: Callable | None = None  # judge(Context) -> findings.ClaimResult
+    studies: tuple[st.Study, ...] = ()
     quick_samplers: int | None = None  # --quick keeps the first k sampler entries of a config
+    regime: str | None = None  # how the tests here fall outside the paper's regime, if they do
 
     def config_paths(self, root: str | Path | None = None) -> list[Path]:
         base = Path(root) if root is not None else CONFIG_DIR
@@ -67,6 +76,14 @@ class PaperClaim:
         return [quick_config(c, self.quick_samplers) for c in configs] if quick else configs
 
 
+REGIME_GGF = (
+    "the paper's claim is for images (d >= 3072, CIFAR-10 and up); here d <= 64, where the MMD "
+    "cannot resolve EM beyond a few steps and ggf is biased in low d"
+)
+REGIME_AMS = (
+    "the paper's speed-up is for images (CIFAR-10 and up); here d <= 64 mixtures, with pc at "
+    "one snr"
+)
 LI_2024 = "Li, Huang, Efimov, Wei, Chi & Chen, ICML 2024 (arXiv 2403.03852)"
 
 CLAIMS: tuple[PaperClaim, ...] = (
@@ -89,6 +106,7 @@ CLAIMS: tuple[PaperClaim, ...] = (
         {"li-accel-ddim": -2.0, "ddim": -1.0},
         {"li-accel-ddim": -2.0, "ddim": -1.0},
         quick_samplers=2,
+        judge=rates.judge_li_deterministic,
     ),
     PaperClaim(
         2,
@@ -103,6 +121,7 @@ CLAIMS: tuple[PaperClaim, ...] = (
         {"li-accel-ddpm": -1.0, "ddpm": -0.5},
         {"li-accel-ddpm": -1.0, "ddpm": -1.0},
         quick_samplers=2,
+        judge=rates.judge_li_stochastic,
     ),
     PaperClaim(
         3,
@@ -118,6 +137,7 @@ CLAIMS: tuple[PaperClaim, ...] = (
         "path-kl",
         {"ddpm": -1.0, "li-accel-ddpm": -1.0, "em": -1.0},
         {"ddpm": -1.0, "li-accel-ddpm": -1.0, "em": -1.0},
+        judge=rates.judge_path_kl,
     ),
     PaperClaim(
         4,
@@ -134,6 +154,7 @@ CLAIMS: tuple[PaperClaim, ...] = (
         {"ddim": 1.0, "ddpm": 1.0, "li-accel-ddim": 1.0, "li-accel-ddpm": 1.0},
         {"ddim": 1.0, "ddpm": 1.0, "li-accel-ddim": 1.0, "li-accel-ddpm": 1.0},
         quick_samplers=2,
+        judge=errors.judge_score_error,
     ),
     PaperClaim(
         5,
@@ -150,6 +171,7 @@ CLAIMS: tuple[PaperClaim, ...] = (
         "tv",
         {"ddpm": 1.0, "ddim": 1.0, "li-accel-ddim": 1.0, "li-accel-ddpm": 3.0},
         {"ddpm": 0.5, "ddim": 0.5, "li-accel-ddim": 0.5, "li-accel-ddpm": 0.5},
+        judge=errors.judge_dimension,
     ),
     PaperClaim(
         6,
@@ -165,8 +187,10 @@ CLAIMS: tuple[PaperClaim, ...] = (
         "mmd",
         {"ggf": 2.0},  # claimed speed-up range: 2 to 10
         {},
-        ("ggf_rejections",),
+        studies=(st.GGF_REJECTIONS,),
         quick_samplers=2,
+        judge=speed.judge_ggf,
+        regime=REGIME_GGF,
     ),
     PaperClaim(
         7,
@@ -183,7 +207,9 @@ CLAIMS: tuple[PaperClaim, ...] = (
         "mmd",
         {"ams": 2.0},  # claimed speed-up range: 2 to 5
         {},
-        ("momentum",),
+        studies=(st.MOMENTUM,),
+        judge=speed.judge_ams,
+        regime=REGIME_AMS,
     ),
     PaperClaim(
         8,
@@ -200,13 +226,15 @@ CLAIMS: tuple[PaperClaim, ...] = (
         "tv",
         {},
         {},
-        ("noise_levels",),
+        studies=(st.NOISE_LEVELS,),
+        judge=annealed.judge_annealed,
     ),
     PaperClaim(
         9,
         "orders",
         "Baseline orders: every sampler's declared order",
-        "SAMPLERS.md (declared weak orders); THEORY.md 2.2",
+        "the samplers' declared weak orders (docs/samplers.md) and the classical theory of "
+        "one-step methods",
         "Each sampler converges at its declared weak order p: W2 like T^-p and KL like T^-2p; "
         "ode-rk45's error follows its tolerance.",
         "Gaussian targets in d = 1, 2, exact moment propagation, VP; the sympy leading term "
@@ -216,7 +244,8 @@ CLAIMS: tuple[PaperClaim, ...] = (
         "w2",
         {},
         {},
-        ("rk45_tolerance", "symbolic"),
+        studies=(st.RK45_TOLERANCE, st.SYMBOLIC),
+        judge=rates.judge_orders,
     ),
     PaperClaim(
         10,
@@ -235,8 +264,9 @@ CLAIMS: tuple[PaperClaim, ...] = (
         "mmd",
         {},
         {},
-        ("learned_error",),
+        studies=(st.LEARNED_ERROR,),
         quick_samplers=1,
+        judge=learned.judge_learned,
     ),
 )
 

@@ -4,11 +4,10 @@
 
 1. run its sweep configs into one results store, ``<out>/results.sqlite`` (``run_sweep``: tasks
    already stored are reused, a killed run loses only the tasks in flight);
-2. compute its side studies once and keep them as JSON in ``<out>/studies/<name>.json``
-   (``STUDIES``: exact computations that are not sweeps over T);
-3. fit the stored records of its configs (``convergence.analysis.analyse``) and judge it
-   (``convergence.verdicts``): findings with the bound, the expected and the measured value with
-   its CI, the evaluator and a verdict in words;
+2. compute its side studies (``claim.studies``: computations that are not sweeps over T) once
+   and keep each whole as JSON in ``<out>/studies/<name>.json``;
+3. judge it (``claim.judge``) from what is stored: findings with a status by rule
+   (``convergence.claims.findings``), the claim's status, counts and headline by rule;
 4. draw its figures (``<out>/figures/claim<N>_*.pdf|png``) and write its tables
    (``<out>/tables/claim<N>.md|tex``: the findings, then every fitted curve);
 
@@ -20,17 +19,31 @@ from the store or the study files; nothing is typed in.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from convergence.claims import CLAIMS, PaperClaim
+from convergence.claims.findings import ClaimResult, Finding, counts
+from convergence.claims.records import CLAIMS, PaperClaim
+from convergence.claims.studies import Study
 
 RESULTS = "results.sqlite"
 VERDICTS = "verdicts.json"
+RULES_TEXT = (
+    "How a verdict is reached: every finding has a status from one vocabulary (a slope is "
+    "consistent, faster or slower than its reference, inconclusive when its window has not "
+    "settled or its 95% CI is wider than +-0.25 (or a tenth of |reference|), unresolved when it "
+    "could not be fitted; a ratio is within, below or above a claimed range; a comparison is "
+    "better or worse only when the two CIs are separated). A stored point with a warning (mass "
+    "off the grid, uncertainty >= 10% of its value, below 10x the floor, non-finite) enters no "
+    "fit or ratio and is listed as excluded. The decisive findings measured in the paper's "
+    "regime vote; the claim is supported when all of them vote for it, refuted when at least one "
+    "votes against it and none for it, mixed when votes go both ways, inconclusive otherwise "
+    "(some abstain, none against), and not tested in the claim's regime when no decisive "
+    "finding is in it. The "
+    "headline is the first decisive finding whose vote agrees with the status."
+)
 QUICK_BANNER = (
     "> **Quick run** (`convergence report --quick`): reduced step counts, sample sizes and "
     "seeds. It checks that the report builds and every verdict is computed; its numbers are not "
@@ -38,118 +51,23 @@ QUICK_BANNER = (
 )
 
 
-@dataclass(frozen=True)
-class Finding:
-    """One row of a verdict table: a measured quantity beside the claimed bound and the expected
-    value (slopes in T or d, or a speed-up ratio), with its CI, evaluator and verdict."""
-
-    what: str
-    quantity: str
-    bound: str
-    expected: str
-    measured: float
-    lo: float
-    hi: float
-    evaluator: str
-    verdict: str
-
-    def measured_text(self) -> str:
-        if not math.isfinite(self.measured):
-            return "n/a"
-        if math.isfinite(self.lo) and math.isfinite(self.hi) and self.hi > self.lo:
-            return f"{self.measured:.3g} [{self.lo:.3g}, {self.hi:.3g}]"
-        return f"{self.measured:.3g}"
-
-
-@dataclass
-class ClaimResult:
-    """A judged claim: its findings (the first is the headline), a verdict in words, the files
-    written and notes (what could not be measured and why)."""
-
-    claim: PaperClaim
-    findings: list[Finding]
-    verdict: str
-    figures: list[Path] = field(default_factory=list)
-    tables: list[Path] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    curves_table: str = ""
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.claim.id,
-            "number": self.claim.number,
-            "title": self.claim.title,
-            "paper": self.claim.paper,
-            "verdict": self.verdict,
-            "findings": [asdict(f) for f in self.findings],
-            "figures": [str(p) for p in self.figures],
-            "tables": [str(p) for p in self.tables],
-            "notes": self.notes,
-        }
-
-
-# --------------------------------------------------------------------------- side studies
-
-
-def _study_momentum(quick: bool) -> dict:
-    from convergence.stationary import momentum_study
-
-    return momentum_study(quick=quick)
-
-
-def _study_noise_levels(quick: bool) -> dict:
-    from convergence.noise_levels import annealed_study
-
-    return annealed_study(quick=quick)
-
-
-def _study_ggf_rejections(quick: bool) -> dict:
-    from convergence.verdicts import ggf_rejections
-
-    return ggf_rejections(quick=quick)
-
-
-def _study_rk45_tolerance(quick: bool) -> dict:
-    from convergence.verdicts import rk45_tolerance
-
-    return rk45_tolerance(quick=quick)
-
-
-def _study_symbolic(quick: bool) -> dict:
-    from convergence.verdicts import symbolic_constants
-
-    return symbolic_constants()
-
-
-def _study_learned_error(quick: bool) -> dict:
-    from convergence.learned.claim import learned_error_study
-
-    return learned_error_study(quick)
-
-
-STUDIES: dict[str, Callable[[bool], dict]] = {
-    "momentum": _study_momentum,
-    "noise_levels": _study_noise_levels,
-    "ggf_rejections": _study_ggf_rejections,
-    "rk45_tolerance": _study_rk45_tolerance,
-    "symbolic": _study_symbolic,
-    "learned_error": _study_learned_error,
-}
-
-
-def load_study(out: Path, name: str, quick: bool) -> dict:
+def load_study(out: Path, study: Study, quick: bool) -> dict:
     """The study's stored JSON, computed and stored first when missing."""
-    path = Path(out) / "studies" / f"{name}.json"
+    path = study_path(out, study)
     if path.exists():
         return json.loads(path.read_text())
     start = time.perf_counter()
-    data = STUDIES[name](quick)
-    data = {"study": name, "quick": quick, "seconds": time.perf_counter() - start, **data}
+    data = study.run(quick)
+    data = {"study": study.name, "quick": quick, "seconds": time.perf_counter() - start, **data}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1, allow_nan=True))
     tmp.replace(path)  # a study is stored whole or not at all
     return data
+
+
+def study_path(out: Path, study: Study) -> Path:
+    return Path(out) / "studies" / f"{study.name}.json"
 
 
 # --------------------------------------------------------------------------- running
@@ -177,7 +95,9 @@ def run_claims(
         # (mostly small-tensor loops, which a second thread does not speed up), and each is
         # stored whole when it finishes; the sweeps' tasks queue behind them
         studies = {
-            name: pool.submit(load_study, out, name, quick) for c in claims for name in c.studies
+            study.name: pool.submit(load_study, out, study, quick)
+            for c in claims
+            for study in c.studies
         }
         try:
             for claim in claims:
@@ -201,9 +121,9 @@ def _run_claim(claim, out, store, pool, quick, configs, progress, log, studies) 
         )
         if summary.interrupted:
             raise KeyboardInterrupt
-    for name in claim.studies:
-        data = studies[name].result()
-        log(f"claim {claim.number} study {name}: {data['seconds']:.1f} s")
+    for study in claim.studies:
+        data = studies[study.name].result()
+        log(f"claim {claim.number} study {study.name}: {data['seconds']:.1f} s")
 
 
 def claim_records(store: Path, claim: PaperClaim, *, quick: bool, configs=None) -> list[dict]:
@@ -227,21 +147,20 @@ def judge_claims(
 ) -> list[ClaimResult]:
     """Fit, judge, draw (unless ``draw`` is False) and tabulate every claim from what is stored
     under ``out``."""
-    from convergence.verdicts import JUDGES, Context
+    from convergence.claims.context import Context
 
     out = Path(out)
     results = []
     for claim in claims:
         records = claim_records(out / RESULTS, claim, quick=quick, configs=configs)
         studies = {}
-        for name in claim.studies:
-            path = out / "studies" / f"{name}.json"
-            studies[name] = json.loads(path.read_text()) if path.exists() else None
-        ctx = Context(claim, records, studies, out, draw=draw)
-        if not records and not any(studies.values()):
-            results.append(ClaimResult(claim, [], "pending"))
+        for study in claim.studies:
+            path = study_path(out, study)
+            studies[study.name] = json.loads(path.read_text()) if path.exists() else None
+        if claim.judge is None or (not records and not any(studies.values())):
+            results.append(ClaimResult(claim, []))  # pending: nothing stored yet
             continue
-        results.append(JUDGES[claim.id](ctx))
+        results.append(claim.judge(Context(claim, records, studies, out, draw=draw)))
     return results
 
 
@@ -292,12 +211,33 @@ FINDING_HEADERS = (
     "expected",
     "measured [95% CI]",
     "evaluator",
-    "verdict",
+    "status",
+    "vote",
+    "excluded points",
 )
+VOTE_WORDS = {True: "supports", False: "refutes", None: "-"}
 
 
 def _finding_row(f: Finding) -> list[str]:
-    return [f.what, f.quantity, f.bound, f.expected, f.measured_text(), f.evaluator, f.verdict]
+    vote = VOTE_WORDS[f.supports]
+    if f.decisive and not f.in_regime:
+        vote = "outside the regime"
+    excluded = "; ".join(f"{e.at} ({', '.join(e.reasons)})" for e in f.excluded) or "-"
+    return [
+        f.what,
+        f.quantity,
+        f.bound_text(),
+        f.expected_text(),
+        f.measured_text(),
+        f.evaluator,
+        f.verdict_text(),
+        vote,
+        excluded,
+    ]
+
+
+def _counts_text(result: ClaimResult) -> str:
+    return ", ".join(f"{n} {status}" for status, n in counts(result.findings).items()) or "-"
 
 
 def write_tables(result: ClaimResult, out: Path) -> None:
@@ -328,41 +268,37 @@ def write_markdown(results: Sequence[ClaimResult], out: Path, *, quick: bool) ->
         "Generated by `convergence report" + (" --quick" if quick else "") + "` from the stored "
         "results (`results.sqlite`, `studies/`). Slopes are log-log slopes (of the error against "
         "T unless the quantity says otherwise); the bound is what the paper proves or claims, the "
-        "expected value what theory predicts for smooth targets with exact scores (THEORY.md "
-        "2.2), CIs are 95%.",
+        "expected value what theory predicts for smooth targets with exact scores, CIs are 95%.",
+        "",
+        RULES_TEXT,
         "",
         "## Verdicts",
         "",
     ]
     top = []
     for r in results:
-        f = r.findings[0] if r.findings else None
+        h = r.headline
         top.append(
             [
                 f"{r.claim.number}. {r.claim.title}",
-                f.what if f else "-",
-                f.bound if f else "-",
-                f.expected if f else "-",
-                f.measured_text() if f else "-",
-                f.evaluator if f else "-",
-                r.verdict,
+                r.status.value if r.findings else "pending",
+                h.what if h else "-",
+                h.measured_text() if h else "-",
+                f"{h.bound_text()} / {h.expected_text()}" if h else "-",
+                h.verdict_text() if h else "-",
+                _counts_text(r),
             ]
         )
-    lines += [
-        _md_table(
-            (
-                "claim",
-                "headline comparison",
-                "bound",
-                "expected",
-                "measured [95% CI]",
-                "evaluator",
-                "verdict",
-            ),
-            top,
-        ),
-        "",
-    ]
+    headers = (
+        "claim",
+        "status",
+        "headline finding",
+        "measured [95% CI]",
+        "bound / expected",
+        "its status",
+        "findings by status",
+    )
+    lines += [_md_table(headers, top), ""]
     for r in results:
         c = r.claim
         lines += [
@@ -374,11 +310,13 @@ def write_markdown(results: Sequence[ClaimResult], out: Path, *, quick: bool) ->
             "",
             f"**Setting.** {c.setting} Configs: "
             + ", ".join(f"`reports/configs/{n}.toml`" for n in c.configs)
-            + (f"; studies: {', '.join(c.studies)}." if c.studies else "."),
+            + (f"; studies: {', '.join(s.name for s in c.studies)}." if c.studies else "."),
             "",
-            f"**Verdict.** {r.verdict}",
+            f"**Verdict.** {r.verdict}.",
             "",
         ]
+        if c.regime:
+            lines += [f"**Regime.** {c.regime}", ""]
         if r.findings:
             lines += [_md_table(FINDING_HEADERS, [_finding_row(f) for f in r.findings]), ""]
         for note in r.notes:
@@ -437,8 +375,8 @@ def build_report(
 
 
 def last_verdicts(out: str | Path = "reports") -> list[dict[str, Any]]:
-    """Per claim: id, number, title, paper and the verdict of the last report written under
-    ``out`` ("pending" when none has been)."""
+    """Per claim: id, number, title, paper and the status and verdict of the last report written
+    under ``out`` ("pending" when none has been)."""
     path = Path(out) / VERDICTS
     stored = {}
     if path.exists():
@@ -449,6 +387,7 @@ def last_verdicts(out: str | Path = "reports") -> list[dict[str, Any]]:
             "number": c.number,
             "title": c.title,
             "paper": c.paper,
+            "status": stored.get(c.id, {}).get("status", "pending"),
             "verdict": stored.get(c.id, {}).get("verdict", "pending"),
             "configs": [f"reports/configs/{n}.toml" for n in c.configs],
         }

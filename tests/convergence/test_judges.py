@@ -1,0 +1,164 @@
+"""Regression tests of the judges on the committed full report's stored results (issue 15's
+eleven defects). The judges read a copy of ``reports/results.sqlite`` and ``reports/studies``
+(draw=False: no figures); nothing runs a sampler."""
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from convergence.claims import CLAIMS, ClaimStatus, Status
+from convergence.claims.findings import Kind
+from convergence.claims.report import judge_claims
+
+REPORTS = Path(__file__).resolve().parents[2] / "reports"
+
+
+@pytest.fixture(scope="module")
+def judged(tmp_path_factory):
+    out = tmp_path_factory.mktemp("judged")
+    shutil.copy(REPORTS / "results.sqlite", out / "results.sqlite")
+    shutil.copytree(REPORTS / "studies", out / "studies")
+    return {r.claim.number: r for r in judge_claims(out, draw=False)}
+
+
+def _find(result, *words, quantity=None):
+    found = [
+        f
+        for f in result.findings
+        if all(w in f.what for w in words) and (quantity is None or f.quantity == quantity)
+    ]
+    assert found, (words, [f.what for f in result.findings])
+    return found
+
+
+def test_every_claim_is_judged_and_its_counts_are_recounts(judged):
+    assert sorted(judged) == [c.number for c in CLAIMS]
+    for r in judged.values():
+        recount = {}
+        for f in r.findings:
+            recount[f.status.value] = recount.get(f.status.value, 0) + 1
+        assert r.counts == recount
+        assert r.verdict.startswith(r.status.value)
+
+
+def test_defect1_counts_by_status_not_by_substring(judged):
+    one = judged[1]
+    li = _find(one, "li-accel-ddim, TV", quantity="slope in T")
+    li_bound = [f for f in li if f.kind is Kind.BOUND]
+    assert len(li_bound) == 4 and all(f.status is Status.INCONCLUSIVE for f in li_bound)
+    assert "li-accel-ddim: 4 inconclusive of 4 settings against its bound" in one.statements
+    six = judged[6]
+    speed = [f for f in six.findings if f.kind is Kind.RANGE]
+    assert speed and not any(f.status is Status.WITHIN for f in six.findings)
+    measured = sum(f.status is not Status.NOT_MEASURED for f in speed)
+    assert f"ggf over em: 0 of {measured} measured speed-ups within 2-10x" in six.statements[0]
+
+
+def test_defect2_order_gain_needs_separated_cis(judged):
+    one = judged[1]
+    (li_yan,) = _find(one, "order gain", "li-yan grid")
+    assert li_yan.lo < li_yan.expected  # li-accel-ddim's CI reaches ddim's slope
+    assert li_yan.status is Status.INCONCLUSIVE and li_yan.supports is None
+    # li-accel-ddim's own T^-2 is undecided (window not settled), so claim 1 is not supported
+    assert one.status is ClaimStatus.INCONCLUSIVE
+
+
+def test_defect3_wide_cis_decide_nothing(judged):
+    four = judged[4]
+    omega16 = _find(four, "omega=16", "plateau vs")
+    assert all(f.status in (Status.INCONCLUSIVE, Status.UNRESOLVED) for f in omega16)
+    (kappa16,) = _find(judged[7], "ams, stationary KL vs h", "kappa=16")
+    assert kappa16.hi - kappa16.lo > 0.5 and kappa16.status is Status.INCONCLUSIVE
+
+
+def test_defect4_one_vocabulary_for_one_fit(judged):
+    """The tables' verdict column and the finding use the same status for the same fit."""
+    one = judged[1]
+    (f,) = [
+        f
+        for f in _find(one, "li-accel-ddim, TV, 1-D mixture, uniform grid")
+        if f.quantity == "slope in T"
+    ]
+    assert f.status is Status.INCONCLUSIVE
+    table = one.curves_table
+    row = next(
+        line
+        for line in table.splitlines()
+        if "li-accel-ddim" in line
+        and "| tv |" in line
+        and "gmm:d=1" in line
+        and "li-yan" not in line
+    )
+    assert "| inconclusive |" in row and "consistent (window" not in table
+
+
+def test_defect5_flagged_points_never_enter_a_ratio(judged):
+    four = judged[4]
+    ratios = {f.what.split(",")[0]: f for f in _find(four, "TV at omega=16 over omega=1")}
+    for s in ("ddim", "li-accel-ddim"):
+        assert ratios[s].status is Status.WITHIN and ratios[s].measured > 1.0
+    assert ratios["ddim"].excluded  # the off-grid, uncertain points are listed, not used
+    for f in ratios.values():
+        assert all(e.reasons for e in f.excluded)
+    assert any("dropped for stored warnings" in s for s in four.statements)
+
+
+def test_defect6_ggf_speedups_are_outside_the_papers_regime(judged):
+    six = judged[6]
+    assert six.status is ClaimStatus.NOT_IN_REGIME
+    text = six.verdict
+    assert "quality of 8-step EM" not in text and "T=1024" not in text
+    assert "d >= 3072" in text and "biased" in text
+
+
+def test_defect7_cas_off_schedule_and_tv_comparison_flagged(judged):
+    eight = judged[8]
+    off = _find(eight, "cas", "target std 0.1")
+    assert off and all(f.status is Status.ABOVE for f in off)
+    assert any(f.measured == pytest.approx(0.179, abs=0.01) for f in off)
+    (tv,) = _find(eight, "TV of CAS")
+    assert tv.status is Status.WORSE and not tv.in_regime
+    assert eight.status in (ClaimStatus.MIXED, ClaimStatus.REFUTED)
+    assert any("not the paper's setting" in s for s in eight.statements)
+
+
+def test_defect8_learned_plateau_is_not_set_by_eps_score(judged):
+    ten = judged[10]
+    below = [f for f in ten.findings if f.status is Status.BELOW]
+    assert below and all(f.hi < 1 / 3 for f in below)
+    assert ten.status is ClaimStatus.REFUTED
+    assert any("refuted as a quantitative statement" in s for s in ten.statements)
+
+
+def test_defect9_li_accel_ddpm_constant_is_stated(judged):
+    two = judged[2]
+    (worse,) = _find(two, "TV of li-accel-ddpm against ddpm")
+    assert worse.status is Status.WORSE and worse.measured / worse.expected == pytest.approx(
+        1.6, abs=0.05
+    )
+    assert any("1.6x ddpm's error" in s for s in two.statements)
+
+
+def test_defect10_dimension_rows_name_tensorisation_and_keep_logdet(judged):
+    five = judged[5]
+    product_tv = _find(five, "TV, product")
+    assert all("tensorisation" in f.detail for f in product_tv)
+    logdet = {f.what.split(",")[0]: f.measured for f in _find(five, "KL, gmm")}
+    assert logdet["ddim"] == pytest.approx(1.14, abs=0.05)
+    assert logdet["li-accel-ddim"] == pytest.approx(1.48, abs=0.05)
+    assert any("redrawn at each d" in s for s in five.statements)
+
+
+def test_defect11_ams_non_convergence_is_reported(judged):
+    seven = judged[7]
+    worse = _find(seven, "stationary KL at h=0.05 against h=0.1")
+    assert worse and all(f.status is Status.WORSE and f.supports is False for f in worse)
+    assert seven.status is ClaimStatus.REFUTED
+    assert any("does not converge as h -> 0" in s for s in seven.statements)
+    assert not any(
+        f.quantity == "slope in h" and f.status is Status.CONSISTENT and "ams" in f.what
+        for f in seven.findings
+    )
+    assert math.isfinite(worse[0].measured)
