@@ -48,7 +48,7 @@ the derivative of the current augmented vector with respect to the starting poin
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -168,14 +168,31 @@ class _ReplayMismatch(Exception):
     """The tangent pass called the score more often than the primal pass."""
 
 
+NOISED_ELEMENTS = 2_000_000  # 16 MB of noised-law parameters per score at most
+
+
 def mixture_jacobian_score(
     target: GaussianMixture, process: Process, perturbation=None
 ) -> JacobianScore:
     """The exact score of ``target`` under ``process`` [plus a ``convergence.scores``
-    perturbation], with its closed-form Jacobian H_t(x) [+ grad delta_t(x)]."""
+    perturbation], with its closed-form Jacobian H_t(x) [+ grad delta_t(x)].
+
+    The noised laws q_t (with their factorised parameters) are kept per time, so that pushes
+    through the same stages build each once; at most NOISED_ELEMENTS parameter entries
+    (K d (d + 2) per law) are kept, the rest built per call."""
+    noised: dict[float, GaussianMixture] = {}
+    size = target.n_components * target.dim * (target.dim + 2)
+
+    def law(t: float) -> GaussianMixture:
+        if t in noised:
+            return noised[t]
+        q = target.noised(process, t)
+        if (len(noised) + 1) * size <= NOISED_ELEMENTS:
+            noised[t] = q
+        return q
 
     def value_and_jacobian(x: Tensor, t: float) -> tuple[Tensor, Tensor]:
-        s, jac = target.noised(process, t).score_and_hessian(x)
+        s, jac = law(t).score_and_hessian(x)
         if perturbation is not None:
             s = s + perturbation.delta(x, t, process)
             jac = jac + perturbation.jacobian(x, t, process)
@@ -195,6 +212,19 @@ class Pushed:
     jacobian: Tensor
 
 
+@dataclass
+class ReplayLedger:
+    """What the pushes of one stage list have learnt about linear replay: the stages whose replay
+    passed the forward-mode check, and the first stage whose replay failed it (forward mode from
+    there on). Linearity is a property of a step's code path, not of the points it runs on, so a
+    check passed on one batch holds for every batch pushed through the same stages with the same
+    score: hand one ledger to all pushes of one (sampler, stages, options, score) and each stage is
+    checked once instead of once per push."""
+
+    verified: set[int] = field(default_factory=set)
+    failed_at: int | None = None
+
+
 def push(
     spec: SamplerSpec,
     score: Score,
@@ -205,6 +235,7 @@ def push(
     t_end: float,
     *,
     state: Tensor | None = None,
+    ledger: ReplayLedger | None = None,
 ) -> Pushed:
     """Run the deterministic ``stages`` of a sampler from x (n, d) and track the Jacobian.
 
@@ -213,8 +244,10 @@ def push(
     replay for a ``JacobianScore`` and by forward mode otherwise (module docstring). Cost per
     stage: one score and Jacobian evaluation on n points (a ``JacobianScore``; any other
     differentiable score is evaluated on all n d rows), O(n d^3) for the tangent products, the
-    step's vector operations on n d rows; O(n d^3) for the final slogdet.
+    step's vector operations on n d rows; O(n d^3) for the final slogdet. ``ledger`` carries the
+    replay checks over from earlier pushes of the same stages (``ReplayLedger``).
     """
+    ledger = ReplayLedger() if ledger is None else ledger
     n, d = x.shape
     width = 0 if state is None else state.shape[1]
     z = x if state is None else torch.cat([x, state], dim=1)
@@ -225,9 +258,14 @@ def push(
     for i, st in enumerate(stages):
         stage = (spec, process, st, options, t_end)
         found = None
-        if replay:
-            found = _replay_stage(score, z, V, width, stage, check=_check_replay(i, st))
-            replay = found is not None  # a step that failed the check is never replayed again
+        # a step that failed the check is never replayed again, in this push or a later one
+        if replay and (ledger.failed_at is None or i < ledger.failed_at):
+            check = _check_replay(i, st) and i not in ledger.verified
+            found = _replay_stage(score, z, V, width, stage, check=check)
+            if found is None:
+                ledger.failed_at = i
+            elif check:
+                ledger.verified.add(i)
         if found is None:
             found = _dual_stage(score, z, V, width, stage)
         z, V, width = found

@@ -73,7 +73,7 @@ from analytic.gmm import GaussianMixture
 from analytic.processes import Process
 from convergence.evaluators import ErrorEstimate
 from convergence.evaluators.coupled import Z95, delta_method
-from convergence.evaluators.flow import mixture_jacobian_score, push
+from convergence.evaluators.flow import ReplayLedger, mixture_jacobian_score, push
 from convergence.noise import RefusedNoise
 from convergence.samplers import SamplerSpec, get_spec
 from convergence.samplers.base import plan, prepare, run_sampler
@@ -255,8 +255,9 @@ def output_density(
     d = target.dim
     chunk = max(1, CHUNK_ELEMENTS // (d * 3 * d))  # room for a multistep state of width 2 d
     ys, logdets = [], []
+    ledger = ReplayLedger()  # one replay check per stage for all chunks
     for xc in x.split(chunk):
-        pushed = push(spec, score, process, xc, stages, opts, t_end)
+        pushed = push(spec, score, process, xc, stages, opts, t_end, ledger=ledger)
         ys.append(pushed.y)
         logdets.append(pushed.logdet)
         score.clear()

@@ -328,21 +328,59 @@ def test_grid_tv_2d_refuses_a_run_beyond_its_budget(monkeypatch):
         error("ddim", parse_target("gmm:d=2,k=3,seed=0"), VP, 4, metric="tv", evaluator="grid")
 
 
-def test_memoised_grid_metrics_reuse_one_propagation_per_problem():
-    """Equal argument values give the remembered result (the same object); a different step
-    count or perturbation is computed afresh, with the value grid_metrics gives."""
+def test_memoised_grid_metrics_reuse_one_propagation_per_problem(monkeypatch):
+    """Equal argument values reuse the remembered propagation, whatever the metrics (W2 after TV
+    runs the sampler once); a different step count or perturbation is propagated afresh, with the
+    values grid_metrics gives."""
     from convergence.evaluators import grid
     from convergence.scores import parse_perturbation
     from convergence.targets import parse_target
 
+    calls = []
+    real = grid._output
+    monkeypatch.setattr(grid, "_output", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(grid, "_memo", grid.OrderedDict())
     target, vp, spec = parse_target("gmm:d=1,k=3,seed=0"), make_process("vp"), get_spec("ddpm")
     start, ref = target.noised(vp, 1.0), target.noised(vp, 1e-3)
     kw = dict(start=start, reference=ref, t_end=1e-3)
-    a = grid.memo_grid_metrics(spec, target, vp, 6, **kw)
+    a = grid.memo_grid_metrics(spec, target, vp, 6, metrics=("kl", "tv"), **kw)
     b = grid.memo_grid_metrics(spec, parse_target("gmm:d=1,k=3,seed=0"), vp, 6, **kw)
-    assert b is a
+    assert len(calls) == 1 and b.tv == a.tv and b.kl == a.kl and a.w2sq is None and b.w2sq > 0
+    fresh = grid.grid_metrics(spec, target, vp, 6, **kw)
+    assert (b.kl, b.tv, b.w2sq) == (fresh.kl, fresh.tv, fresh.w2sq)
     c = grid.memo_grid_metrics(spec, target, vp, 7, **kw)
-    assert c is not a and c.kl == grid.grid_metrics(spec, target, vp, 7, **kw).kl
+    assert len(calls) == 3 and c.kl == grid.grid_metrics(spec, target, vp, 7, **kw).kl
     pert = parse_perturbation("sin:eps=0.1,omega=2", target)
     d = grid.memo_grid_metrics(spec, target, vp, 6, perturbation=pert, **kw)
-    assert d is not a and d.kl != a.kl
+    assert len(calls) == 5 and d.kl != a.kl
+
+
+def test_tv_crossings_from_the_stencil_agree_with_regula_falsi(monkeypatch):
+    """1-D TV with its crossings from the exact stencil (one push) equals TV with every crossing
+    solved by regula falsi (a stencil far too wide to be accepted); the stencil settles them all
+    in the default case."""
+    from convergence.evaluators import grid
+    from convergence.targets import parse_target
+
+    target, vp = parse_target("gmm:d=1,k=3,seed=0"), make_process("vp")
+    kw = dict(start=target.noised(vp, 1.0), reference=target.noised(vp, 1e-3), t_end=1e-3)
+    real = grid._stencil_crossings
+    settled = []
+
+    def spy(*args):
+        c = real(*args)
+        settled.append(bool(c.done.all()))
+        return c
+
+    monkeypatch.setattr(grid, "_stencil_crossings", spy)
+    values = {}
+    for stencil in (grid.STENCIL, 0.3):
+        monkeypatch.setattr(grid, "STENCIL", stencil)
+        settled.clear()
+        for spec in ("ddim", "ddpm"):
+            res = grid.grid_metrics(get_spec(spec), target, vp, 50, metrics=("tv",), **kw)
+            values.setdefault(spec, []).append(res.tv)
+        assert settled == [stencil < 0.1] * 2
+    for spec, (stencil_tv, falsi_tv) in values.items():
+        assert stencil_tv > 1e-3
+        assert abs(stencil_tv - falsi_tv) <= 1e-13 * stencil_tv, spec

@@ -351,3 +351,35 @@ def test_kl_terms_stay_finite_where_the_output_density_dominates():
     rho = u.exp()
     assert torch.allclose(kl_terms(u), rho * u - rho + 1, rtol=1e-9, atol=0)
     assert kl_terms(u)[0] == 1.0
+
+
+def test_a_shared_ledger_checks_each_stage_once(monkeypatch):
+    """Pushes of one stage list that share a ReplayLedger probe forward mode once per checked
+    stage; a stage that fails its check is differentiated in forward mode in later pushes too."""
+    from convergence.evaluators import flow
+
+    target = parse_target("gmm:d=2,k=2,seed=1")
+    x = target.noised(VP, 1.0).sample(8, seed=0)
+    spec = get_spec("ddim")
+    t_end, opts, schedule = prepare(spec, VP, 40, T_END, {})
+    stages = plan(schedule, False)
+    score = mixture_jacobian_score(target, VP)
+    probes = []
+    real = flow._dual_stage
+    monkeypatch.setattr(flow, "_dual_stage", lambda *a: probes.append(1) or real(*a))
+    ledger = flow.ReplayLedger()
+    first = push(spec, score, VP, x, stages, opts, t_end, ledger=ledger)
+    once = len(probes)
+    assert once == len(ledger.verified) > 3 and ledger.failed_at is None
+    again = push(spec, score, VP, x, stages, opts, t_end, ledger=ledger)
+    assert len(probes) == once  # no probe the second time
+    torch.testing.assert_close(again.logdet, first.logdet, rtol=0, atol=0)
+    shifted = replace(spec, name="ddim-shifted", step=_shifted_ddim_step)
+    moved_ledger = flow.ReplayLedger()
+    push(shifted, score, VP, x, stages, opts, t_end, ledger=moved_ledger)
+    assert moved_ledger.failed_at == 0
+    probes.clear()
+    moved = push(shifted, score, VP, x, stages, opts, t_end, ledger=moved_ledger)
+    assert len(probes) == len(stages)  # forward mode at every stage, no replay tried
+    generic = push(shifted, target.score_fn(VP), VP, x, stages, opts, t_end)
+    torch.testing.assert_close(moved.logdet, generic.logdet, rtol=0, atol=1e-12)
