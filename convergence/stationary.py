@@ -61,7 +61,9 @@ from types import MappingProxyType
 from typing import Any
 
 import numpy as np
+import scipy.integrate
 import scipy.linalg
+import scipy.optimize
 import torch
 from scipy import stats
 
@@ -177,15 +179,90 @@ def heavy_ball_stationary_variance(lam: Tensor, h: float, beta: float) -> Tensor
     """Stationary variance of x under the frozen-beta step: the x block of the solution of the
     discrete Lyapunov equation S = M S M^T + Q, Q = 2 h on the x block (THEORY.md 3.3;
     scipy.linalg.solve_discrete_lyapunov). Cost O(d^3)."""
+    S = _heavy_ball_covariance(lam, h, beta)
+    return torch.from_numpy(np.diag(S)[: lam.numel()].copy())
+
+
+def _heavy_ball_covariance(lam: Tensor, h: float, beta: float) -> np.ndarray:
+    """Stationary covariance of z = (x, m) under the frozen-beta step (2d, 2d): the solution of
+    S = M S M^T + Q, Q = 2 h on the x block (``heavy_ball_stationary_variance``)."""
     M = _heavy_ball_matrix(lam, h, beta).numpy()
-    radius = float(np.abs(np.linalg.eigvals(M)).max())
-    if radius >= 1.0:
-        raise ValueError(f"heavy-ball step unstable (spectral radius {radius:.6g}) at h={h}")
+    if float(np.abs(np.linalg.eigvals(M)).max()) >= 1.0:
+        raise ValueError(f"heavy-ball step unstable at h={h}, beta={beta}")
     d = lam.numel()
     Q = np.zeros((2 * d, 2 * d))
     Q[:d, :d] = 2.0 * h * np.eye(d)
-    S = scipy.linalg.solve_discrete_lyapunov(M, Q)
-    return torch.from_numpy(np.diag(S)[:d].copy())
+    return scipy.linalg.solve_discrete_lyapunov(M, Q)
+
+
+def expected_norm(variances: Any) -> float:
+    """E ||v||_2 for v ~ N(0, diag(variances)), from ||v|| = 1/(2 sqrt(pi)) int_0^inf
+    (1 - exp(-s ||v||^2)) s^(-3/2) ds and E exp(-s ||v||^2) = prod_i (1 + 2 s c_i)^(-1/2):
+
+        E ||v|| = 1/(2 sqrt(pi)) int_0^inf (1 - prod_i (1 + 2 s c_i)^(-1/2)) s^(-3/2) ds,
+
+    integrated over log s (scipy ``quad``; relative error ~1e-12). d = 1 gives sqrt(2 c / pi)."""
+    c = np.asarray(variances, dtype=float).reshape(-1)
+
+    def integrand(log_s: float) -> float:
+        s = math.exp(log_s)
+        return -math.expm1(-0.5 * float(np.log1p(2.0 * s * c).sum())) * s**-0.5
+
+    lo, hi = -80.0 - math.log(c.max()), 80.0 - math.log(c.min())  # tails below e^-40
+    value, _ = scipy.integrate.quad(integrand, lo, hi, limit=400, epsabs=0.0, epsrel=1e-12)
+    return value / (2.0 * math.sqrt(math.pi))
+
+
+def ams_mean_field(lam: Tensor, h: float) -> dict[str, Any]:
+    """AMS's stationary law with a fixed step h in the limit of infinitely many chains.
+
+    With batch-mean norms over n -> infinity chains, q and beta become deterministic; in the
+    stationary regime beta is a constant beta* and the chain is the frozen-beta heavy-ball step,
+    whose law is Gaussian with the Lyapunov covariance S(beta) of z = (x, m). One step's secant
+    is g - g_prev = -(x_k - x_{k-1}) / lambda = -(eta m_k + sqrt(2 h) xi) / lambda and the
+    displacement Delta = eta m_k (eta = h (1 + beta)^2, xi independent of m_k), so
+
+        q(beta) = E||(eta m + sqrt(2 h) xi) / lambda|| / E||m||,   m ~ N(0, S_mm(beta)),
+        beta* = clip(((1 - q) / (1 + q))^2, 0, 1 - E_BETA) at beta = beta*,
+
+    a scalar fixed point (``scipy.optimize.brentq`` on F(beta) - beta, which changes sign on
+    [0, 1 - E_BETA]; beta* = 0 where q(0) >= 1, i.e. AMS reduces to ULA). Returns beta*, q, the
+    stationary variances of x (per coordinate), their ratio to lambda and KL and W2 to pi."""
+    h = check_step(h)
+    d = lam.numel()
+
+    def beta_of(beta: float) -> tuple[float, float]:
+        eta = h * (1.0 + beta) ** 2
+        var_m = np.diag(_heavy_ball_covariance(lam, h, beta))[d:]
+        lam_np = lam.numpy()
+        q = expected_norm((eta**2 * var_m + 2.0 * h) / lam_np**2) / expected_norm(var_m)
+        return min(max(((1.0 - q) / (1.0 + q)) ** 2, 0.0), 1.0 - E_BETA), q
+
+    top = 1.0 - E_BETA
+    if beta_of(0.0)[0] == 0.0:
+        beta = 0.0
+    elif beta_of(top)[0] >= top:
+        beta = top
+    else:
+        beta = scipy.optimize.brentq(lambda b: beta_of(b)[0] - b, 0.0, top, xtol=1e-14)
+    q = beta_of(beta)[1]
+    var = torch.from_numpy(np.diag(_heavy_ball_covariance(lam, h, beta))[:d].copy())
+    kl, w2 = diagonal_distances(lam, var)
+    return {
+        "method": "ams",
+        "estimator": "mean-field",
+        "kappa": float(lam.max() / lam.min()),
+        "d": d,
+        "h": h,
+        "beta": float(beta),
+        "q": float(q),
+        "kl": kl,
+        "kl_ci": 0.0,
+        "w2": w2,
+        "w2_ci": 0.0,
+        "variance_ratio": (var / lam).tolist(),
+        "exact": True,
+    }
 
 
 def kl_path(lam: Tensor, means: Tensor, variances: Tensor) -> list[float]:
@@ -643,6 +720,7 @@ STUDY = MappingProxyType(
         },
     }
 )
+MEAN_FIELD_STEPS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8)
 EXPECTED_KAPPA_EXPONENT = {
     "ula": 1.0,
     "ams": 0.5,
@@ -661,6 +739,9 @@ def momentum_study(*, quick: bool = False, seed: int = 0) -> dict[str, Any]:
     * ``levels``: factors x the largest stationary KL at h = c (ula exact at every iteration kappa,
       ams measured at the bias kappas): above both methods' bias and far above the floor.
     * ``iterations``: ``iterations_row`` for ula (exact) and ams (samples) at every kappa and level.
+    * ``mean_field``: ``ams_mean_field`` rows (AMS's exact stationary law as n -> infinity) at
+      every kappa and MEAN_FIELD_STEPS, down to h = 0.001; ``mean_field_slopes`` the log-log slope
+      of its KL over h = 0.001 .. 0.01.
     * ``exponents``: per (method, level) ``convergence.rates.fit_rate`` of iterations against kappa
       (window, CI, verdict against 1 for ula and 1/2 for ams, the heavy-ball sqrt(kappa)).
     """
@@ -727,9 +808,24 @@ def momentum_study(*, quick: bool = False, seed: int = 0) -> dict[str, Any]:
                 rows_by_level[lv].append(row)
         for lv, rows in rows_by_level.items():
             exponents.append(_kappa_exponent(method, lv, rows))
+    mean_field, mean_field_slopes = [], []
+    for kappa in cfg["bias_kappas"]:
+        rows = [ams_mean_field(eigenvalues(kappa, d), h) for h in MEAN_FIELD_STEPS]
+        mean_field += rows
+        small = rows[:4]  # h = 0.001 .. 0.01: the limit h -> 0
+        mean_field_slopes.append(
+            {
+                "method": "ams",
+                "kappa": float(kappa),
+                "kl_small_h": loglog_slope([r["h"] for r in small], [r["kl"] for r in small]),
+                "h_range": [small[0]["h"], small[-1]["h"]],
+            }
+        )
     return {
         "bias": bias,
         "bias_slopes": slopes,
+        "mean_field": mean_field,
+        "mean_field_slopes": mean_field_slopes,
         "levels": levels,
         "iterations": iterations,
         "exponents": exponents,

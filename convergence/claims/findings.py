@@ -232,17 +232,25 @@ def slope_finding(
     in_regime: bool = True,
     excluded: tuple[Excluded, ...] = (),
     local: Sequence[float] = (),
+    against_step_size: bool = False,
 ) -> Finding:
     """A slope judged against ``bound`` (kind BOUND) when given, else ``expected`` (ORDER), by
-    ``rates.slope_status`` (the width rule included)."""
+    ``rates.slope_status`` (the width rule included).
+
+    Slopes are against the step count T, where faster means more negative. A slope against a
+    step size h (``against_step_size``; error ~ h^p, faster means larger p) is judged as the slope
+    -p against 1/h, so that a bias growing as h -> 0 reads slower, never faster."""
     ref, kind = (bound, Kind.BOUND) if bound is not None else (expected, Kind.ORDER)
     if not math.isfinite(slope):
         status = Status.UNRESOLVED if n_points else Status.NOT_MEASURED
+    elif against_step_size:
+        flipped = None if ref is None else -ref
+        status = Status.of(slope_status((-hi, -lo), settled, n_points, flipped, TAU))
     else:
         status = Status.of(slope_status((lo, hi), settled, n_points, ref, TAU))
     detail = ""
     if status is Status.FASTER and kind is Kind.BOUND:
-        detail = f"bound loose by {ref - slope:.2f}"
+        detail = f"bound loose by {abs(ref - slope):.2f}"
     elif status is Status.INCONCLUSIVE and math.isfinite(lo) and math.isfinite(hi):
         half = (hi - lo) / 2
         p = [v for v in local if math.isfinite(v)]

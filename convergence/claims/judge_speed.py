@@ -8,8 +8,11 @@ the other sampler's error, interpolated on EM's valid points only (never extrapo
 by the other sampler's NFE; a ggf point with a stored warning (below the MMD floor) is dropped.
 
 Claim 7's other part, that AMS converges, is in regime: its stationary KL on Gaussian targets
-must fall as the step h shrinks (a comparison of the smallest h against the largest, separated
-CIs), and its slope in h is judged against +2 with the width rule.
+must fall as the step h shrinks (a comparison of a small h against a larger one, separated CIs),
+and its slope in h is judged against +2 with the width rule (as a slope in 1/h, so that a bias
+that grows as h shrinks reads slower). Beside the sampled chains, the exact law of infinitely
+many chains (``stationary.ams_mean_field``, a scalar fixed point for beta and a Lyapunov
+equation) takes h down to 0.001, where sampling cannot follow.
 """
 
 from __future__ import annotations
@@ -258,8 +261,10 @@ def _momentum_findings(ctx: Context, study: dict, findings: list[Finding]) -> li
                 expected=2.0,
                 evaluator="exact" if row["method"] != "ams" else "samples",
                 decisive=row["method"] == "ams",
+                against_step_size=True,
             )
         )
+    words += _mean_field_findings(study, findings)
     for kappa in sorted({r["kappa"] for r in study.get("bias", []) if r["method"] == "ams"}):
         rows = sorted(
             (r for r in study["bias"] if r["method"] == "ams" and r["kappa"] == kappa),
@@ -304,6 +309,57 @@ def _momentum_findings(ctx: Context, study: dict, findings: list[Finding]) -> li
     return words
 
 
+def _mean_field_findings(study: dict, findings: list[Finding]) -> list[str]:
+    """AMS's exact stationary law as n -> infinity (``stationary.ams_mean_field``): its KL slope
+    in h over the smallest steps against +2 and its KL at the smallest h against h = 0.1 (both
+    exact, decisive)."""
+    words = []
+    for row in study.get("mean_field_slopes", []):
+        fit, (h0, h1) = row["kl_small_h"], row["h_range"]
+        value, ci = fit.get("slope"), fit.get("ci")
+        if value is None or ci is None:
+            continue
+        findings.append(
+            slope_finding(
+                f"ams, exact stationary KL (n -> infinity) vs h, h={h0:g}..{h1:g}, "
+                f"kappa={row['kappa']:g}",
+                "slope in h",
+                value,
+                value - ci,
+                value + ci,
+                settled=True,
+                n_points=int(fit["n_points"]),
+                expected=2.0,
+                evaluator="exact",
+                decisive=True,
+                against_step_size=True,
+            )
+        )
+    rows = study.get("mean_field", [])
+    for kappa in sorted({r["kappa"] for r in rows}):
+        mine = sorted((r for r in rows if r["kappa"] == kappa), key=lambda r: r["h"])
+        small = mine[0]
+        mid = min(mine, key=lambda r: abs(math.log(r["h"] / 0.1)))
+        findings.append(
+            comparison_finding(
+                f"ams, exact stationary KL (n -> infinity) at h={small['h']:g} against "
+                f"h={mid['h']:g}, kappa={kappa:g}",
+                "stationary KL",
+                (small["kl"], small["kl"], small["kl"]),
+                (mid["kl"], mid["kl"], mid["kl"]),
+                evaluator="exact",
+                tau=0.0,
+            )
+        )
+        words.append(
+            f"exact n -> infinity law (kappa={kappa:g}): KL {mid['kl']:.2g} at h={mid['h']:g}, "
+            f"{small['kl']:.2g} at h={small['h']:g} (beta* {small['beta']:.2f}, variance ratio "
+            f"{min(small['variance_ratio']):.2f}): AMS with a fixed step does not converge as "
+            "h -> 0"
+        )
+    return words
+
+
 def _momentum_plots(ctx: Context, study: dict) -> None:
     series = []
     for method in ("ula", "heavy-ball", "ams"):
@@ -328,6 +384,16 @@ def _momentum_plots(ctx: Context, study: dict) -> None:
                         style=None,
                     )
                 )
+    for kappa in sorted({r["kappa"] for r in study.get("mean_field", [])}):
+        rows = sorted((r for r in study["mean_field"] if r["kappa"] == kappa), key=lambda r: r["h"])
+        series.append(
+            Series(
+                f"ams, n$\\to\\infty$ (exact), $\\kappa$={kappa:g}",
+                [r["h"] for r in rows],
+                [r["kl"] for r in rows],
+                style=None,
+            )
+        )
     ctx.plot(
         "stationary_bias", series, xlabel="step size $h$", ylabel="stationary KL", slopes=[2.0]
     )

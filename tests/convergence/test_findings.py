@@ -99,6 +99,20 @@ def test_slope_finding_statuses_and_details():
     )
 
 
+def test_a_slope_in_the_step_size_reads_slower_when_the_bias_grows_as_h_shrinks():
+    """Error ~ h^p: a bias that grows as h -> 0 (p = -0.5 against the expected +2) is slower and
+    refutes; read as a slope in T (the negative control) the same numbers would say faster."""
+    kw = dict(settled=True, n_points=4, expected=2.0, decisive=True)
+    f = slope_finding("ams", "slope in h", -0.5, -0.55, -0.45, against_step_size=True, **kw)
+    assert f.status is Status.SLOWER and f.supports is False
+    control = slope_finding("ams", "slope in h", -0.5, -0.55, -0.45, **kw)
+    assert control.status is Status.FASTER
+    ok = slope_finding("ula", "slope in h", 2.04, 1.94, 2.14, against_step_size=True, **kw)
+    assert ok.status is Status.CONSISTENT and ok.supports is True
+    fast = slope_finding("x", "slope in h", 3.0, 2.9, 3.1, against_step_size=True, **kw)
+    assert fast.status is Status.FASTER
+
+
 # ---- point validity and exclusion --------------------------------------------------------------
 
 

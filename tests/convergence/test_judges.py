@@ -162,3 +162,16 @@ def test_defect11_ams_non_convergence_is_reported(judged):
         for f in seven.findings
     )
     assert math.isfinite(worse[0].measured)
+
+
+def test_e4_ams_exact_large_n_law_refutes_convergence_as_h_shrinks(judged):
+    """The n -> infinity fixed point takes h to 0.001: its KL slope in h is slower than +2
+    (negative: the bias grows), and its KL at h = 0.001 is worse than at h = 0.1, both decisive
+    and exact (zero-width CIs), for kappa 1 and 16."""
+    seven = judged[7]
+    slopes = _find(seven, "exact stationary KL (n -> infinity) vs h")
+    assert len(slopes) == 2
+    assert all(f.status is Status.SLOWER and f.supports is False and f.hi < 0 for f in slopes)
+    worse = _find(seven, "exact stationary KL (n -> infinity) at h=0.001 against h=0.1")
+    assert len(worse) == 2 and all(f.status is Status.WORSE and f.measured > 0.8 for f in worse)
+    assert all(f.evaluator == "exact" and f.decisive for f in slopes + worse)

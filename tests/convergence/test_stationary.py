@@ -14,7 +14,9 @@ from convergence.evaluators import gaussian as exact
 from convergence.noise import PerSampleNoise
 from convergence.samplers.score_sde import LANGEVIN_FIXED, AMSCorrector
 from convergence.stationary import (
+    ams_mean_field,
     eigenvalues,
+    expected_norm,
     heavy_ball_stationary_variance,
     iterations_to_accuracy,
     kl_paths,
@@ -127,6 +129,36 @@ def test_ams_bias_is_reproducible_and_does_not_vanish_with_h():
     assert all(r == pytest.approx(1 / (1 + a["beta"]) ** 2, rel=0.1) for r in a["variance_ratio"])
 
 
+def test_expected_norm_against_closed_forms_and_samples():
+    """E||v|| = sqrt(2 c / pi) in 1-D and sqrt(pi c / 2) for an isotropic 2-D Gaussian (chi
+    with 2 degrees of freedom); an anisotropic one against 4e6 draws (within 3 standard errors)."""
+    assert expected_norm([2.0]) == pytest.approx(math.sqrt(4.0 / math.pi), rel=1e-12)
+    assert expected_norm([3.0, 3.0]) == pytest.approx(math.sqrt(1.5 * math.pi), rel=1e-12)
+    c = np.array([1.0, 16.0])
+    draws = np.linalg.norm(
+        np.random.default_rng(1).standard_normal((4_000_000, 2)) * np.sqrt(c), axis=1
+    )
+    assert abs(expected_norm(c) - draws.mean()) < 3 * draws.std() / 2000
+
+
+def test_ams_mean_field_is_the_large_n_limit_and_does_not_converge_as_h_shrinks():
+    """The n -> infinity fixed point reproduces the sampled AMS at h = 0.05 (beta, variance ratio
+    and KL within 10%, the sampled law carrying an O(n^-1/2) beta fluctuation), is a fixed point
+    of its own map, and its KL grows as h -> 0 (0.05 -> 0.001), towards under-dispersion."""
+    lam = eigenvalues(1.0, 2)
+    mf = ams_mean_field(lam, 0.05)
+    sampled = stationary_bias("ams", 1.0, 0.05, d=2, n=4000, replicates=3, burn=3.0)
+    assert mf["beta"] == pytest.approx(sampled["beta"], rel=0.1)
+    assert mf["variance_ratio"][0] == pytest.approx(sampled["variance_ratio"][0], rel=0.03)
+    assert mf["kl"] == pytest.approx(sampled["kl"], rel=0.1)
+    q = mf["q"]
+    assert mf["beta"] == pytest.approx(((1 - q) / (1 + q)) ** 2, rel=1e-10)
+    kls = [ams_mean_field(lam, h)["kl"] for h in (0.05, 0.01, 0.001)]
+    assert kls[0] < kls[1] < kls[2] and kls[2] > 0.8
+    heavy = heavy_ball_stationary_variance(lam, 0.001, ams_mean_field(lam, 0.001)["beta"])
+    assert heavy[0] / lam[0] == pytest.approx(ams_mean_field(lam, 0.001)["variance_ratio"][0])
+
+
 def test_heavy_ball_lyapunov_is_the_limit_of_its_exact_path():
     """The frozen-beta stationary variance (discrete Lyapunov) is the end of the exact moment
     path; as h -> 0 it tends to lambda / (1 + beta)^2 (drift step h (1 + beta)^2, noise 2 h)."""
@@ -191,6 +223,8 @@ def test_quick_study_is_json_and_complete():
     out = momentum_study(quick=True)
     text = json.dumps(out, allow_nan=False)
     assert len(out["bias"]) == 2 * (3 * 2 + 1) and "iterations" in text
+    assert len(out["mean_field"]) == 2 * 10 and len(out["mean_field_slopes"]) == 2
+    assert all(r["kl_small_h"]["slope"] < 0 for r in out["mean_field_slopes"])
     assert {e["method"] for e in out["exponents"]} == {"ula", "ams"}
     ula = [e for e in out["exponents"] if e["method"] == "ula"]
     assert all(0.8 < e["slope"] < 1.1 for e in ula)
