@@ -201,27 +201,37 @@ NCSNV2_ETA = (
 )
 
 
+CAS_PAPER_SCALE = 0.056 / (1.0 - (0.01 / 50.0) ** (1.0 / 231.0))
+"""The CAS README's CIFAR-10 step, step_lr 5.6e-6 on sigma 50 -> 0.01 with L = 232 levels:
+eta = 5.6e-6 / 0.01^2 = 0.056, 1.55 times the lower end 1 - gamma = 0.0362 of the consistency
+interval (Jolicoeur-Martineau et al. 2021, the consistency condition of CAS). Other ladders get
+eta at the same multiple of their 1 - gamma."""
+
+
 def annealed_study(*, quick: bool = False) -> dict[str, Any]:
     """Claim 8's exact noise-level tracking (SAMPLERS.md 4.3) on the default VE ladder
     (sigma 50 -> 0.01): ``track_noise_levels`` for
 
-    * ``cas`` with eta = 1 (the default: beta = 1) and eta = 1 - gamma / 2 (mid consistency
-      interval, beta = sqrt(3) / 2);
+    * ``cas`` with eta = 1 (the default: beta = 1), eta = 1 - gamma / 2 (mid consistency
+      interval, beta = sqrt(3) / 2), the paper's step eta = CAS_PAPER_SCALE (1 - gamma) (near the
+      interval's lower end, small beta) and eta = 1 - (1 - gamma) / 2 (~ 1 - 4.3 / L: beta ~ 1);
     * ``als`` with eta = 1, n_sigma = 1 (the package default) and eta = 0.062, n_sigma = 5
       (NCSNv2 CIFAR-10);
 
-    on the idealised target (s = 0) and N(0, 0.1^2), for L in (10, 100) (quick) or
+    on the idealised target (s = 0), N(0, 0.1^2) and N(0, 0.5^2), for L in (10, 100) (quick) or
     (10, 100, 1000). Returns {"rows": [...], "settings": {...}}.
     """
     process = VE()
     ladders = (10, 100) if quick else (10, 100, 1000)
-    stds = (0.0, 0.1)
+    stds = (0.0, 0.1, 0.5)
     rows = []
     for levels in ladders:
         gamma = _ladder_gamma(process, levels, None)
         runs = [
             ("cas", {"eta": 1.0}),
             ("cas", {"eta": 1.0 - gamma / 2.0}),
+            ("cas", {"eta": CAS_PAPER_SCALE * (1.0 - gamma)}),
+            ("cas", {"eta": 1.0 - (1.0 - gamma) / 2.0}),
             ("als", {"eta": 1.0, "n_sigma": 1}),
             ("als", {"eta": NCSNV2_ETA, "n_sigma": 5}),
         ]

@@ -10,6 +10,11 @@ GaussianMixture deterministically.
 drawn with numpy's default_rng(S): weights 0.5/K + 0.5 Dirichlet(2, ..., 2), means N(0, 1.5^2 I),
 covariances with eigenvalues uniform in [0.2, 1] (condition number <= 5) and a Haar-random
 orthogonal basis (full), random diagonals (diag) or random scalars (iso).
+``planted:d=D,k=K,seed=S`` is a non-product mixture whose difficulty does not change with d: the
+weights and means of ``gmm:d=2,k=K,seed=S`` planted in the first two coordinates (the same mean
+separations at every d), component covariances Q_j diag(lambda) Q_j^T with the fixed spectrum
+lambda_i = 0.2 * 5^(i / (d - 1)) (from 0.2 to 1: condition number 5 at every d) and a
+Haar-random basis Q_j per component (so no rotation makes it a product).
 ``product:d=D,k=K,seed=S[,distinct=0|1]`` is the tensorised target prod_i q_i of one-dimensional
 mixtures: every factor is ``gmm:d=1,k=K,seed=S`` (distinct=0, the default) or factor i is
 ``gmm:d=1,k=K,seed=S+i`` (distinct=1). Its marginals stay products and its score is
@@ -66,6 +71,28 @@ def random_gmm(d: int, k: int, seed: int, cov: str = "full") -> GaussianMixture:
     return GaussianMixture(torch.from_numpy(w), torch.from_numpy(means), torch.from_numpy(covs))
 
 
+def planted_gmm(d: int, k: int, seed: int) -> GaussianMixture:
+    """The mixture of ``planted:d=D,k=K,seed=S`` (module docstring): the weights and plane means
+    of ``gmm:d=2,k=K,seed=S`` placed in the first two coordinates, covariances Q_j diag(lambda)
+    Q_j^T with lambda_i = 0.2 * 5^(i / (d - 1)) and Haar-random Q_j drawn with
+    default_rng((S, d, j))."""
+    _check_dim(d)
+    if d < 2:
+        raise ValueError(f"planted mixtures need d >= 2, got d = {d}")
+    plane = random_gmm(2, k, seed)
+    means = np.zeros((k, d))
+    means[:, :2] = plane.means.numpy()
+    lam = 0.2 * 5.0 ** (np.arange(d) / (d - 1))
+    covs = np.empty((k, d, d))
+    for j in range(k):
+        rng = np.random.default_rng((seed, d, j))
+        q, r = np.linalg.qr(rng.normal(size=(d, d)))
+        q = q * np.sign(np.diag(r))  # Haar-distributed orthogonal matrix
+        covs[j] = (q * lam) @ q.T
+        covs[j] = 0.5 * (covs[j] + covs[j].T)
+    return GaussianMixture(plane.weights, torch.from_numpy(means), torch.from_numpy(covs))
+
+
 def product_target(d: int, k: int, seed: int, distinct: int = 0) -> ProductMixture:
     """The tensorised target of ``product:d=D,k=K,seed=S,distinct=0|1`` (module docstring)."""
     _check_dim(d)
@@ -82,13 +109,23 @@ TARGETS: dict[str, tuple[Callable[..., GaussianMixture | ProductMixture], dict[s
         {"d": int, "k": int, "seed": int, "cov": str},
         "reproducible random well-conditioned mixture",
     ),
+    "planted": (
+        planted_gmm,
+        {"d": int, "k": int, "seed": int},
+        "non-product mixture whose mean separation and conditioning do not change with d",
+    ),
     "product": (
         product_target,
         {"d": int, "k": int, "seed": int, "distinct": int},
         "product of one-dimensional random mixtures (tensorised, exact in any d)",
     ),
 }
-_REQUIRED = {"gaussian": {"d"}, "gmm": {"d", "k", "seed"}, "product": {"d", "k", "seed"}}
+_REQUIRED = {
+    "gaussian": {"d"},
+    "gmm": {"d", "k", "seed"},
+    "planted": {"d", "k", "seed"},
+    "product": {"d", "k", "seed"},
+}
 
 
 def parse_target(spec: str) -> GaussianMixture | ProductMixture:

@@ -477,6 +477,10 @@ def headline(findings: Sequence[Finding], status: ClaimStatus) -> Finding | None
         for f in findings:
             if f.supports is want[status]:
                 return f
+    if status is ClaimStatus.INCONCLUSIVE:  # the first finding that keeps the claim undecided
+        for f in findings:
+            if f.decisive and f.in_regime and f.supports is None:
+                return f
     for f in findings:
         if f.decisive:
             return f

@@ -3,8 +3,10 @@ geometric schedule, annealed Langevin (ALS) does not.
 
 Decisive: for every target std and number of levels L the ``noise_levels`` study propagated,
 CAS's largest relative deviation max_i |sigma_eff,i / sigma_i - 1| against the range [0, 1%]
-(on the schedule). The study's rows at target std 0 are the paper's idealised point-mass
-target; a real target of std 0.1 is where the statement has to hold for data. Context: ALS's
+(on the schedule), at four steps: eta = 1, 1 - gamma / 2, the paper's CIFAR-10 step (1.55 times
+the interval's lower end 1 - gamma) and 1 - (1 - gamma) / 2 (~ 1 - c/L). The study's rows at
+target std 0 are the paper's idealised point-mass target; real targets of std 0.1 and 0.5 are
+where the statement has to hold for data. Context: ALS's
 deviation, the TV against L (the sweep runs CAS at eta = 1, which has an error floor by
 construction, not the paper's step size: that comparison is marked outside the paper's regime),
 and the effect of the final denoise.

@@ -8,11 +8,13 @@ slope within 0.1); claim 2 also compares the two samplers' TV at the largest com
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
 from convergence.analysis import CurveFit
+from convergence.claims import judge_asymptote as asymptote
 from convergence.claims.context import Context, curve_series, metric_label, option
 from convergence.claims.findings import (
     Finding,
@@ -53,7 +55,7 @@ def _pair(ctx: Context, fast: str, base: str, metrics: tuple[str, ...]) -> list[
                 opts = {} if spacing == "uniform" else {"spacing": spacing}
                 got = {}
                 for s in (fast, base):
-                    c = ctx.curve(target=target, sampler=s, metric=metric, options=opts)
+                    c = ctx.curve(target=target, sampler=s, metric=metric, options=opts, t_end=None)
                     if c is None:
                         continue
                     main = metric == claim.metric
@@ -83,7 +85,7 @@ def _pair(ctx: Context, fast: str, base: str, metrics: tuple[str, ...]) -> list[
 
 def _plots(ctx: Context) -> None:
     claim = ctx.claim
-    main = ctx.curves(target="gmm:d=1,k=3,seed=0", metric=claim.metric)
+    main = ctx.curves(target="gmm:d=1,k=3,seed=0", metric=claim.metric, t_end=None)
     ctx.plot(
         f"{claim.metric}_vs_T",
         [curve_series(c, main, extra=f" ({option(c, 'spacing', 'uniform')})") for c in main],
@@ -91,7 +93,9 @@ def _plots(ctx: Context) -> None:
         ylabel=metric_label(claim.metric) + " (1-D mixture)",
         slopes=sorted({(b, False) for b in claim.bound.values()}),
     )
-    local = [c for c in ctx.curves(metric=claim.metric, options={}) if len(c.steps) >= 2]
+    local = [
+        c for c in ctx.curves(metric=claim.metric, options={}, t_end=None) if len(c.steps) >= 2
+    ]
     ctx.plot(
         f"{claim.metric}_local_slopes",
         [
@@ -109,7 +113,9 @@ def _plots(ctx: Context) -> None:
     scaled_plot(ctx, main, claim.expected)
 
 
-def scaled_plot(ctx: Context, curves: list[CurveFit], orders: dict[str, float]) -> None:
+def scaled_plot(
+    ctx: Context, curves: list[CurveFit], orders: dict[str, float], name: str | None = None
+) -> None:
     """T^p x error against T per curve, p = -(its expected slope): flat where the curve runs at
     its order (a rising tail is a slower decay, a falling one a faster)."""
     series = []
@@ -121,7 +127,7 @@ def scaled_plot(ctx: Context, curves: list[CurveFit], orders: dict[str, float]) 
         label = f"{c.key.sampler} ({option(c, 'spacing', 'uniform')}): $T^{{{p:g}}}\\times$error"
         series.append(Series(label, t, np.asarray(c.errors) * t**p, style=c.key.sampler))
     ctx.plot(
-        f"{ctx.claim.metric}_scaled_vs_T",
+        name or f"{ctx.claim.metric}_scaled_vs_T",
         series,
         xlabel=AXES["T"],
         ylabel=r"$T^{p}\times$" + metric_label(ctx.claim.metric),
@@ -142,23 +148,74 @@ def _settings_words(findings: list[Finding], sampler: str) -> str:
     return f"{sampler}: {by} of {len(mine)} settings against its bound"
 
 
+def _with_asymptote(
+    ctx: Context, fast: str, base: str, findings: list[Finding]
+) -> tuple[list[Finding], list[str]]:
+    """E1's findings first (``judge_asymptote``); when they exist the window fits over T <= 256
+    become context, so that the verdict rests on the largest-T local slopes."""
+    claim = ctx.claim
+    large, words = asymptote.asymptote_findings(ctx, fast, base, claim.bound, claim.expected)
+    if not large:
+        return findings, []
+    return large + [dataclasses.replace(f, decisive=False) for f in findings], words
+
+
+def _asymptote_plots(ctx: Context, fast: str, base: str) -> None:
+    """E1: local slopes against T and T^p x TV against T, per grid, at every t_end."""
+    curves = asymptote.asymptote_curves(ctx, (fast, base), ctx.claim.metric)
+    if not curves:
+        return
+    ctx.plot(
+        f"{ctx.claim.metric}_local_slopes_large_T",
+        [
+            Series(
+                f"{c.key.sampler} ({option(c, 'spacing', 'uniform')}, $t_{{end}}$={c.key.t_end:g})",
+                np.sqrt(np.asarray(c.steps[:-1], float) * np.asarray(c.steps[1:], float)),
+                local_slopes(c.steps, c.errors),
+                style=c.key.sampler,
+            )
+            for c in curves
+            if len(c.steps) >= 2
+        ],
+        plot=plot_local_slopes,
+        expected=sorted(set(ctx.claim.expected.values())),
+    )
+    scaled_plot(
+        ctx,
+        [c for c in curves if c.key.t_end == 1e-3],
+        ctx.claim.expected,
+        name=f"{ctx.claim.metric}_scaled_vs_T_large_T",
+    )
+
+
 def judge_li_deterministic(ctx: Context):
     findings = _pair(ctx, "li-accel-ddim", "ddim", ("tv", "kl", "w2"))
+    findings, large_words = _with_asymptote(ctx, "li-accel-ddim", "ddim", findings)
     _plots(ctx)
+    _asymptote_plots(ctx, "li-accel-ddim", "ddim")
     words = [_settings_words(findings, s) for s in ("li-accel-ddim", "ddim")]
     gains = [f for f in findings if f.kind is Kind.COMPARISON]
     words.append(
-        f"order gain: {sum(f.status is Status.BETTER for f in gains)} of {len(gains)} settings "
-        "with separated CIs"
+        f"order gain: {sum(f.status is Status.BETTER for f in gains if f.decisive)} of "
+        f"{sum(f.decisive for f in gains)} decisive settings with separated CIs"
     )
-    return ctx.result(findings, words)
+    return ctx.result(findings, words + large_words)
 
 
 def judge_li_stochastic(ctx: Context):
     findings = _pair(ctx, "li-accel-ddpm", "ddpm", ("tv", "kl"))
+    findings, large_words = _with_asymptote(ctx, "li-accel-ddpm", "ddpm", findings)
+    _asymptote_plots(ctx, "li-accel-ddpm", "ddpm")
+    large_words += asymptote.constant_ratio_words(
+        asymptote.asymptote_curves(ctx, ("li-accel-ddpm", "ddpm"), "tv"), "li-accel-ddpm", "ddpm"
+    )
     words = [_settings_words(findings, s) for s in ("li-accel-ddpm", "ddpm")]
-    fast = ctx.curve(target="gmm:d=1,k=3,seed=0", sampler="li-accel-ddpm", metric="tv", options={})
-    base = ctx.curve(target="gmm:d=1,k=3,seed=0", sampler="ddpm", metric="tv", options={})
+    fast = ctx.curve(
+        target="gmm:d=1,k=3,seed=0", sampler="li-accel-ddpm", metric="tv", options={}, t_end=None
+    )
+    base = ctx.curve(
+        target="gmm:d=1,k=3,seed=0", sampler="ddpm", metric="tv", options={}, t_end=None
+    )
     if fast is not None and base is not None:
         ratios, excluded = [], []
         for t in sorted(set(fast.steps) & set(base.steps)):
@@ -198,7 +255,7 @@ def judge_li_stochastic(ctx: Context):
                 f"{ratios[0][0]} to {t_last}"
             )
     _plots(ctx)
-    return ctx.result(findings, words)
+    return ctx.result(findings, words + large_words)
 
 
 def judge_path_kl(ctx: Context):

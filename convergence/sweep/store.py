@@ -1,6 +1,6 @@
 """The results store of a sweep: one SQLite file, one row per task, a run table with provenance.
 
-Layout (schema version 2; DESIGN.md decision 7, issue 5 item 2):
+Layout (schema version 2; issue 5 item 2):
 
 * ``meta(name TEXT PRIMARY KEY, value TEXT)`` holds ``schema_version``;
 * ``runs(run_id, started, config_path, config_name, config_toml, environment)``: one row per

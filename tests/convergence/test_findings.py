@@ -285,7 +285,10 @@ def test_headline_is_the_first_finding_agreeing_with_the_status():
     ]
     assert claim_status(fs) is ClaimStatus.MIXED and headline(fs, ClaimStatus.MIXED).what == "b"
     ok = [_f(Status.INCONCLUSIVE, what="a"), _f(Status.CONSISTENT, what="b")]
-    assert headline(ok, claim_status(ok)).what == "a"  # inconclusive: the first decisive
+    assert headline(ok, claim_status(ok)).what == "a"  # inconclusive: the first abstaining
+    late = [_f(Status.CONSISTENT, what="a"), _f(Status.INCONCLUSIVE, what="b")]
+    assert claim_status(late) is ClaimStatus.INCONCLUSIVE
+    assert headline(late, ClaimStatus.INCONCLUSIVE).what == "b"  # not the supporting one
     ok[0] = _f(Status.FASTER, what="a")
     assert headline(ok, claim_status(ok)).what == "a"
     assert headline([], ClaimStatus.INCONCLUSIVE) is None
@@ -318,3 +321,37 @@ def test_loglog_fit():
     assert slope == pytest.approx(-1.5, abs=1e-12) and a == pytest.approx(math.log(3.0))
     assert lo == pytest.approx(-1.5, abs=1e-9) and hi == pytest.approx(-1.5, abs=1e-9)
     assert math.isnan(loglog_fit([1, 2], [1, 2])[2])  # two points: no CI
+
+
+# ---- the largest-T local slope (claims 1 and 2, E1) --------------------------------------------
+
+
+def test_largest_t_local_slope_allows_for_a_log_factor_still_to_come():
+    """TV = T^-2 (ln T)^3 has local slopes that reach -2 only as T -> infinity: at T = 4096 the
+    last local slope is about -1.64, and the rule's half-width (the last change times
+    ln T / ln 2) reaches -2, so the slope is inconclusive against a bound -2, never 'slower'. The
+    naive half-width (the last change alone) would exclude -2: the negative control. A clean
+    power law gives a tight interval and a consistent status."""
+    from convergence.claims.judge_asymptote import power_fits, tail_slope
+
+    ts = [2**k for k in range(4, 13)]
+    logged = analyse([_record(t, t**-2.0 * math.log(t) ** 3) for t in ts]).curves[0]
+    p, half, local, pair = tail_slope(logged)
+    assert pair == (2048, 4096) and p == pytest.approx(local[-1])
+    assert -1.7 < p < -1.6 and p - half < -2.0
+    naive = abs(local[-1] - local[-2])
+    assert p - naive > -2.0 + 0.1  # the control: too narrow to allow for the log factor
+    f = slope_finding("x", "local slope", p, p - half, p + half, settled=True, n_points=9, bound=-2)
+    assert f.status is Status.INCONCLUSIVE
+    fits = power_fits(logged)
+    assert fits["log"]["slope"] == pytest.approx(-2.0, abs=1e-6)
+    assert fits["log"]["k"] == pytest.approx(3.0, abs=1e-6)
+    clean = analyse([_record(t, 0.8 / t**2) for t in ts]).curves[0]
+    p, half, *_ = tail_slope(clean)
+    assert p == pytest.approx(-2.0, abs=1e-9) and half < 1e-6
+    g = slope_finding("x", "local slope", p, p - half, p + half, settled=True, n_points=9, bound=-2)
+    assert g.status is Status.CONSISTENT
+    flagged = analyse(
+        [*(_record(t, 0.8 / t**2) for t in ts[:-1]), _record(4096, 1.0, mass=0.5)]
+    ).curves[0]
+    assert tail_slope(flagged)[3] == (1024, 2048)  # the flagged point is not the last one
