@@ -46,8 +46,10 @@ def _fields(perturbation: str | None) -> dict[str, str]:
 def judge_score_error(ctx: Context):
     findings, series = [], []
     metric = ctx.claim.metric
-    # the first sweep's plateau T (claim4_score_error); E2's runs at SEPARATION_T are judged apart
-    t_max = max((r["steps"] for r in ctx.records if r["steps"] != SEPARATION_T), default=0)
+    # the first sweep's plateau T (claim4_score_error: the smallest T stored); E2's runs (the
+    # largest T: claim4_separation) are judged apart by _separation
+    t_max = min((r["steps"] for r in ctx.records), default=0)
+    t_sep = max((r["steps"] for r in ctx.records), default=0)
     words, e2 = [], []
     for s in ("ddim", "ddpm", "li-accel-ddim", "li-accel-ddpm"):
         by_omega: dict[float, dict[float, tuple[float, float, float]]] = {}
@@ -100,7 +102,7 @@ def judge_score_error(ctx: Context):
                         )
                     )
         findings += _jacobian_effect(s, by_omega, dropped, t_max, evaluator)
-        separated, line = _separation(ctx, s)
+        separated, line = _separation(ctx, s, t_sep) if t_sep > t_max else ([], None)
         if separated:
             e2 += separated
             words.append(line)
@@ -126,13 +128,12 @@ def judge_score_error(ctx: Context):
     return ctx.result(findings, words)
 
 
-SEPARATION_T = 512  # E2's step count (claim4_separation)
 DOMINANT = 2.0  # a perturbed TV within this factor of the exact-score TV is discretisation's
 
 
-def _separation(ctx: Context, s: str) -> tuple[list[Finding], str | None]:
+def _separation(ctx: Context, s: str, t_sep: int) -> tuple[list[Finding], str | None]:
     """E2: log TV = a + b log eps_score + c log eps_jacobi over the sampler's perturbed runs at
-    T = SEPARATION_T (95% Student-t CIs, n - 3 degrees of freedom).
+    T = t_sep, E2's step count (512; 95% Student-t CIs, n - 3 degrees of freedom).
 
     The claim is an upper bound, TV <= C eps_score (+ C' eps_jacobi for ODE samplers): an error
     that falls at least as fast as eps_score as eps_score -> 0 (b >= 1) meets it, so b is judged
@@ -147,18 +148,16 @@ def _separation(ctx: Context, s: str) -> tuple[list[Finding], str | None]:
     import numpy as np
     from scipy import stats
 
-    base = [
-        c for c in ctx.curves(sampler=s, metric="tv", perturbation=None) if SEPARATION_T in c.steps
-    ]
+    base = [c for c in ctx.curves(sampler=s, metric="tv", perturbation=None) if t_sep in c.steps]
     if not base:
         return [], None
-    exact = base[0].errors[base[0].steps.index(SEPARATION_T)]
+    exact = base[0].errors[base[0].steps.index(t_sep)]
     rows, dropped = [], []
     for c in ctx.curves(sampler=s, metric="tv"):
         f = _fields(c.key.perturbation)
-        if "omega" not in f or SEPARATION_T not in c.steps:
+        if "omega" not in f or t_sep not in c.steps:
             continue
-        j = c.steps.index(SEPARATION_T)
+        j = c.steps.index(t_sep)
         at = f"eps={f['eps']}, omega={f['omega']}"
         reasons = tuple(str(x) for x in c.flags[j]) if not c.valid(j) else ()
         if not reasons and c.errors[j] < DOMINANT * exact:
@@ -170,7 +169,7 @@ def _separation(ctx: Context, s: str) -> tuple[list[Finding], str | None]:
         else:
             rows.append((c.eps_score[j], c.eps_jacobi[j], c.errors[j]))
     stochastic = s in STOCHASTIC
-    what = f"{s}, log TV = a + b log eps_score + c log eps_jacobi, T={SEPARATION_T}"
+    what = f"{s}, log TV = a + b log eps_score + c log eps_jacobi, T={t_sep}"
     coef = half = (NAN, NAN, NAN)
     n = len(rows)
     if n >= 4:

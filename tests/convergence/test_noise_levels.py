@@ -124,7 +124,7 @@ def test_quick_study():
     out = annealed_study(quick=True)
     json.dumps(out, allow_nan=False)
     rows = out["rows"]
-    assert len(rows) == 2 * 2 * 4
+    assert len(rows) == 2 * 3 * 6  # ladders x target stds x (4 CAS + 2 ALS steps)
     ideal_cas = [r for r in rows if r["sampler"] == "cas" and r["target_std"] == 0.0]
     assert ideal_cas and all(r["max_abs_log_ratio"] < 1e-12 for r in ideal_cas)
     als_1 = [r for r in rows if r["sampler"] == "als" and r["eta"] == 1.0 and r["target_std"] == 0]
