@@ -93,24 +93,33 @@ def _plots(ctx: Context) -> None:
         ylabel=metric_label(claim.metric) + " (1-D mixture)",
         slopes=sorted({(b, False) for b in claim.bound.values()}),
     )
-    local = [
-        c for c in ctx.curves(metric=claim.metric, options={}, t_end=None) if len(c.steps) >= 2
-    ]
+    local_slope_plot(
+        ctx,
+        "local_slopes",
+        ctx.curves(metric=claim.metric, options={}, t_end=None),
+        lambda c: f"{c.key.sampler}, {TARGET_NAMES.get(c.key.target, c.key.target)}",
+    )
+    scaled_plot(ctx, main, claim.expected)
+
+
+def local_slope_plot(ctx: Context, name: str, curves: list[CurveFit], label) -> None:
+    """Local slopes p_k against the geometric mid-points sqrt(T_k T_k+1), one series per curve
+    (``label(curve)``), with the claim's expected orders as guides."""
     ctx.plot(
-        f"{claim.metric}_local_slopes",
+        f"{ctx.claim.metric}_{name}",
         [
             Series(
-                f"{c.key.sampler}, {TARGET_NAMES.get(c.key.target, c.key.target)}",
+                label(c),
                 np.sqrt(np.asarray(c.steps[:-1], float) * np.asarray(c.steps[1:], float)),
                 local_slopes(c.steps, c.errors),
                 style=c.key.sampler,
             )
-            for c in local
+            for c in curves
+            if len(c.steps) >= 2
         ],
         plot=plot_local_slopes,
-        expected=sorted(set(claim.expected.values())),
+        expected=sorted(set(ctx.claim.expected.values())),
     )
-    scaled_plot(ctx, main, claim.expected)
 
 
 def scaled_plot(
@@ -165,20 +174,13 @@ def _asymptote_plots(ctx: Context, fast: str, base: str) -> None:
     curves = asymptote.asymptote_curves(ctx, (fast, base), ctx.claim.metric)
     if not curves:
         return
-    ctx.plot(
-        f"{ctx.claim.metric}_local_slopes_large_T",
-        [
-            Series(
-                f"{c.key.sampler} ({option(c, 'spacing', 'uniform')}, $t_{{end}}$={c.key.t_end:g})",
-                np.sqrt(np.asarray(c.steps[:-1], float) * np.asarray(c.steps[1:], float)),
-                local_slopes(c.steps, c.errors),
-                style=c.key.sampler,
-            )
-            for c in curves
-            if len(c.steps) >= 2
-        ],
-        plot=plot_local_slopes,
-        expected=sorted(set(ctx.claim.expected.values())),
+    local_slope_plot(
+        ctx,
+        "local_slopes_large_T",
+        curves,
+        lambda c: (
+            f"{c.key.sampler} ({option(c, 'spacing', 'uniform')}, $t_{{end}}$={c.key.t_end:g})"
+        ),
     )
     scaled_plot(
         ctx,
