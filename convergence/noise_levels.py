@@ -45,6 +45,7 @@ from analytic.gmm import GaussianMixture
 from analytic.processes import VE, Process
 from convergence.evaluators import gaussian as exact
 from convergence.samplers import SamplerSpec, get_spec
+from convergence.samplers.annealed import cas_eta
 from convergence.samplers.base import check_t_end
 
 Tensor = torch.Tensor
@@ -201,19 +202,12 @@ NCSNV2_ETA = (
 )
 
 
-CAS_PAPER_SCALE = 0.056 / (1.0 - (0.01 / 50.0) ** (1.0 / 231.0))
-"""The CAS README's CIFAR-10 step, step_lr 5.6e-6 on sigma 50 -> 0.01 with L = 232 levels:
-eta = 5.6e-6 / 0.01^2 = 0.056, 1.55 times the lower end 1 - gamma = 0.0362 of the consistency
-interval (Jolicoeur-Martineau et al. 2021, the consistency condition of CAS). Other ladders get
-eta at the same multiple of their 1 - gamma."""
-
-
 def annealed_study(*, quick: bool = False) -> dict[str, Any]:
     """Claim 8's exact noise-level tracking (SAMPLERS.md 4.3) on the default VE ladder
     (sigma 50 -> 0.01): ``track_noise_levels`` for
 
     * ``cas`` with eta = 1 (the default: beta = 1), eta = 1 - gamma / 2 (mid consistency
-      interval, beta = sqrt(3) / 2), the paper's step eta = CAS_PAPER_SCALE (1 - gamma) (near the
+      interval, beta = sqrt(3) / 2), the paper's step eta = cas_eta(1, "paper", gamma) (near the
       interval's lower end, small beta) and eta = 1 - (1 - gamma) / 2 (~ 1 - 4.3 / L: beta ~ 1);
     * ``als`` with eta = 1, n_sigma = 1 (the package default) and eta = 0.062, n_sigma = 5
       (NCSNv2 CIFAR-10);
@@ -230,8 +224,8 @@ def annealed_study(*, quick: bool = False) -> dict[str, Any]:
         runs = [
             ("cas", {"eta": 1.0}),
             ("cas", {"eta": 1.0 - gamma / 2.0}),
-            ("cas", {"eta": CAS_PAPER_SCALE * (1.0 - gamma)}),
-            ("cas", {"eta": 1.0 - (1.0 - gamma) / 2.0}),
+            ("cas", {"eta": cas_eta(1.0, "paper", gamma)}),
+            ("cas", {"eta": cas_eta(1.0, "near-one", gamma)}),
             ("als", {"eta": 1.0, "n_sigma": 1}),
             ("als", {"eta": NCSNV2_ETA, "n_sigma": 5}),
         ]

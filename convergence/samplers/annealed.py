@@ -26,7 +26,9 @@ compares either with that reference (the specs declare ``denoised_output``).
 CAS keeps the idealised single-point sample exactly on the ladder (SAMPLERS.md 4.3); for a
 Gaussian target N(mu, s^2 I) one level misses the next marginal variance by
 -eta^2 sigma_i^2 s^2 / (s^2 + sigma_i^2) [DERIVED], so at fixed eta CAS has an error floor as
-L grows (eta ~ 1 - gamma ~ 1/L removes it). NFE: ALS L n_sigma, CAS (L - 1) n_sigma + 1
+L grows (eta ~ 1 - gamma ~ 1/L removes it). Option ``eta_rule`` sets eta from the ladder instead
+of ``eta``: "paper" (the CAS README's CIFAR-10 place in the consistency interval) or "near-one"
+(eta = 1 - (1 - gamma) / 2). NFE: ALS L n_sigma, CAS (L - 1) n_sigma + 1
 (nfe_per_step = 1 per kernel step). See docs/samplers/annealed.md for measured numbers.
 """
 
@@ -110,6 +112,8 @@ def cas_step(
     eta: float,
     n_sigma: int,
     denoise_last: bool,
+    k: int | None = None,
+    eta_rule: str = "fixed",
 ) -> Transition:
     """One consistent annealed step from sigma_i = sigma(t) to sigma_{i+1} = sigma(t_next)
     (Jolicoeur-Martineau et al. 2021, consistent annealed sampling; code
@@ -125,9 +129,32 @@ def cas_step(
     sigma, sigma_next = process.sigma(t), process.sigma(t_next)
     if last and denoise_last:
         return Transition(x + sigma * sigma * score(x, t), 0.0)
-    mean = x + eta * sigma * sigma * score(x, t)
     gamma = sigma_next / sigma
+    if eta_rule != "fixed":
+        # the ladder's ratio: this step's, or at the last level (k steps after sigma_1) the k-th
+        # root of sigma_L / sigma_1
+        ladder = gamma if not last else (sigma / process.sigma(1.0)) ** (1.0 / k)
+        eta = cas_eta(eta, eta_rule, ladder)
+    mean = x + eta * sigma * sigma * score(x, t)
     return Transition(mean, sigma_next * sqrt_pos(1.0 - ((1.0 - eta) / gamma) ** 2))
+
+
+CAS_PAPER_SCALE = 0.056 / (1.0 - (0.01 / 50.0) ** (1.0 / 231.0))
+"""The CAS README's CIFAR-10 step (Jolicoeur-Martineau et al. 2021): step_lr 5.6e-6 on sigma
+50 -> 0.01 with L = 232 levels, i.e. eta = 5.6e-6 / 0.01^2 = 0.056, 1.55 times the lower end
+1 - gamma = 0.0362 of the consistency interval. Other ladders get eta at the same multiple of
+their 1 - gamma (``eta_rule = "paper"``)."""
+
+
+def cas_eta(eta: float, rule: str, gamma: float) -> float:
+    """CAS's eta on a ladder of ratio gamma: the option itself ("fixed"), the paper's place in
+    the consistency interval CAS_PAPER_SCALE (1 - gamma) ("paper"), or 1 - (1 - gamma) / 2
+    ("near-one": eta ~ 1 - c / L, beta ~ 1, no error floor as L grows)."""
+    if rule == "paper":
+        return CAS_PAPER_SCALE * (1.0 - gamma)
+    if rule == "near-one":
+        return 1.0 - 0.5 * (1.0 - gamma)
+    return eta
 
 
 def _check_common(name: str, process: Process, steps: int, options: Mapping[str, Any]) -> None:
@@ -154,7 +181,8 @@ def validate_cas(process: Process, steps: int, t_end: float, options: Mapping[st
     levels = cas_levels(steps, options["n_sigma"])
     sigma_1, sigma_l = process.sigma(1.0), process.sigma(t_end)
     gamma = (sigma_l / sigma_1) ** (1.0 / (levels - 1))
-    lo, hi, eta = 1.0 - gamma, 1.0 + gamma, options["eta"]
+    eta = cas_eta(options["eta"], options.get("eta_rule", "fixed"), gamma)
+    lo, hi = 1.0 - gamma, 1.0 + gamma
     if not lo < eta < hi:
         raise ValueError(
             f"option eta of sampler 'cas' must satisfy 1 - gamma < eta < 1 + gamma, i.e. lie in "
@@ -202,10 +230,10 @@ CAS = SamplerSpec(
     expected_order=None,
     step=cas_step,
     schedule=cas_schedule,
-    context=("last",),
+    context=("last", "k"),
     citation=CITATION,
-    options={"eta": CAS_ETA, "n_sigma": 1, "denoise_last": False},
-    choices={"denoise_last": (False, True)},
+    options={"eta": CAS_ETA, "n_sigma": 1, "denoise_last": False, "eta_rule": "fixed"},
+    choices={"denoise_last": (False, True), "eta_rule": ("fixed", "paper", "near-one")},
     processes=("ve",),
     validate=validate_cas,
     denoised_output=lambda options: options["denoise_last"],

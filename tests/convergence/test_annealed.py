@@ -299,3 +299,27 @@ def test_denoise_last_is_compared_with_the_denoised_reference(name):
     generic = convergence.error(name, target, ve, 160, metric="w2", denoise=True)
     assert reuse.nfe == generic.nfe - 1
     assert abs(reuse.value - generic.value) < 0.2 * generic.value
+
+
+@pytest.mark.parametrize("rule", ["paper", "near-one"])
+def test_cas_eta_rule_is_the_fixed_eta_of_its_ladder(rule):
+    """eta_rule sets eta from the ladder's ratio gamma: a run with the rule equals a run with the
+    fixed eta = cas_eta(rule, gamma) (also at the last level, where the step sees no next level),
+    the paper's rule lands at 1.55 (1 - gamma) (0.056 on the CIFAR-10 ladder of 232 levels), and
+    the idealised sample stays on the ladder."""
+    from convergence.samplers.annealed import CAS_PAPER_SCALE, cas_eta
+
+    ve, levels = VE(), 40
+    gamma = (ve.sigma(1e-5) / ve.sigma(1.0)) ** (1.0 / (levels - 1))
+    x = random_gmm(1, 3, 0).noised(ve, 1.0).sample(64, seed=1)
+    target = random_gmm(1, 3, 0)
+    kw = dict(t_end=1e-5, seed=3)
+    with_rule = convergence.sample("cas", target.score_fn(ve), ve, x, levels, eta_rule=rule, **kw)
+    fixed = convergence.sample(
+        "cas", target.score_fn(ve), ve, x, levels, eta=cas_eta(1.0, rule, gamma), **kw
+    )
+    torch.testing.assert_close(with_rule.x, fixed.x, rtol=1e-12, atol=1e-12)
+    cifar = 1.0 - (0.01 / 50.0) ** (1.0 / 231.0)
+    assert cas_eta(1.0, "paper", 1.0 - cifar) == pytest.approx(0.056, rel=1e-12)
+    assert CAS_PAPER_SCALE == pytest.approx(1.547, abs=1e-3)
+    assert cas_eta(0.7, "fixed", gamma) == 0.7  # the control: the option itself

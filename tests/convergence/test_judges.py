@@ -130,7 +130,7 @@ def test_defect7_cas_off_schedule_and_tv_comparison_flagged(judged):
     off = _find(eight, "cas", "target std 0.1")
     assert off and all(f.status is Status.ABOVE for f in off)
     assert any(f.measured == pytest.approx(0.179, abs=0.01) for f in off)
-    (tv,) = _find(eight, "TV of CAS")
+    (tv,) = _find(eight, "TV of CAS (eta=1)")
     assert tv.status is Status.WORSE and not tv.in_regime
     assert eight.status in (ClaimStatus.MIXED, ClaimStatus.REFUTED)
     assert any("not the paper's setting" in s for s in eight.statements)
@@ -247,3 +247,16 @@ def test_e3_planted_family_gives_decisive_tv_slopes_in_d(judged):
     assert all(f.decisive and "separation and conditioning fixed in d" in f.detail for f in planted)
     assert all(not f.decisive for f in _find(r, "planted", "KL"))
     assert any(s.startswith("planted non-product mixtures") for s in r.statements)
+
+
+def test_e5_cas_at_its_papers_step_against_als_at_ncsnv2s(judged):
+    """Claim 8: the comparison at the papers' steps is decisive and in regime; the eta = 1
+    comparison stays outside it; the near-one control keeps its floor (TV slope in L near 0)."""
+    eight = judged[8]
+    (paper,) = _find(eight, "TV of CAS (paper's step) against ALS (NCSNv2's step)")
+    assert paper.decisive and paper.in_regime and paper.status is Status.BETTER
+    (eta1,) = _find(eight, "TV of CAS (eta=1) against ALS")
+    assert not eta1.in_regime
+    (floor,) = _find(eight, "CAS (eta = 1 - (1 - gamma)/2), TV vs levels L")
+    (fast,) = _find(eight, "CAS (paper's step), TV vs levels L")
+    assert abs(floor.measured) < 0.2 and fast.measured < -0.9
