@@ -170,18 +170,18 @@ def _with_asymptote(
 
 
 def _asymptote_plots(ctx: Context, fast: str, base: str) -> None:
-    """E1: local slopes against T and T^p x TV against T, per grid, at every t_end."""
+    """E1: local slopes against T per grid (one panel each, every t_end) and T^p x TV against T
+    at t_end = 1e-3."""
     curves = asymptote.asymptote_curves(ctx, (fast, base), ctx.claim.metric)
     if not curves:
         return
-    local_slope_plot(
-        ctx,
-        "local_slopes_large_T",
-        curves,
-        lambda c: (
-            f"{c.key.sampler} ({option(c, 'spacing', 'uniform')}, $t_{{end}}$={c.key.t_end:g})"
-        ),
-    )
+    for spacing in ("uniform", "li-yan"):  # one panel per grid keeps each legend short
+        local_slope_plot(
+            ctx,
+            f"local_slopes_large_T_{spacing}",
+            [c for c in curves if option(c, "spacing", "uniform") == spacing],
+            lambda c: f"{c.key.sampler}, $t_{{end}}$={c.key.t_end:g}",
+        )
     scaled_plot(
         ctx,
         [c for c in curves if c.key.t_end == 1e-3],
