@@ -4,10 +4,13 @@ One pair of log-log figures per (target, process, metric) and run setting (pertu
 t_end, final noise, denoise, noise kind; non-default settings add a suffix to the file name):
 
 * the points e(T) (mean over seeds) with error bars of +- z se (z the normal quantile of the
-  analysis' confidence; exact evaluators have invisible bars) -- hollow markers for points below
-  10x the evaluator's floor, which no fit uses;
+  analysis' confidence; exact evaluators have invisible bars) -- faded open markers for flagged
+  points (below 10x the evaluator's floor, uncertain, mass off the grid), which no fit uses, and
+  a legend entry saying so;
 * the fitted line exp(a) T^slope over its window, the slope and its CI in the legend
   ("ddim: slope -1.00 [-1.01, -0.99]");
+* colour-blind-safe colours (``_COLORS``) and a marker per sampler; the legend inside the axes
+  (the y axis raised to make room if needed) or under them within 15% of the height;
 * reference slope triangles for the expected orders of the samplers shown (solid) and for the
   claimed bounds in this metric that differ from them (dashed), placed where the axes hold no
   data (THEORY.md section 5, "Recommended presentation").
@@ -78,25 +81,30 @@ METRIC_LABELS = {
     "mmd": "MMD",
 }
 AXES = {"T": "steps $T$", "NFE": "score evaluations (NFE)"}
-# Colour i and colour i + 10 share a marker: they are chosen to contrast.
+# Colour-blind-safe colours: Okabe & Ito's eight (yellow left out: too faint on white) and Tol's
+# "muted" scheme, which stay apart under the common colour-vision deficiencies; the marker (and
+# its fill) tells every sampler apart as well, so no figure depends on colour alone. Entry i
+# belongs to the i-th registered sampler in sorted order (ddim 3, ddpm 4, li-accel-ddim 10,
+# li-accel-ddpm 11: the four that share most figures take blue, vermillion, bluish green and
+# reddish purple); colour i and colour i + 10 share a marker and are chosen to contrast.
 _COLORS = (
-    "#1f77b4",
-    "#d62728",
-    "#2ca02c",
-    "#ff7f0e",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#17becf",
-    "#7f7f7f",
-    "#bcbd22",
-    "#000000",
-    "#393b79",
-    "#7b4173",
-    "#006d5b",
-    "#8c6d31",
-    "#3182bd",
-    "#637939",
+    "#E69F00",  # als: orange
+    "#332288",  # ams: indigo
+    "#56B4E9",  # cas: sky blue
+    "#0072B2",  # ddim: blue
+    "#D55E00",  # ddpm: vermillion
+    "#CC6677",  # dpm-solver-2: rose
+    "#88CCEE",  # edm-heun: cyan
+    "#882255",  # em: wine
+    "#44AA99",  # ggf: teal
+    "#777777",  # langevin: grey
+    "#009E73",  # li-accel-ddim: bluish green
+    "#CC79A7",  # li-accel-ddpm: reddish purple
+    "#117733",  # ode-euler: green
+    "#AA4499",  # ode-heun: purple
+    "#000000",  # ode-rk45: black
+    "#999933",  # pc: olive
+    "#997700",  # reverse-diffusion: ochre
 )
 _MARKERS = ("o", "s", "^", "v", "D", "<", ">", "p", "h", "*")
 
@@ -348,6 +356,7 @@ def _set_limits(ax, xs: np.ndarray, ys: np.ndarray, xlog: bool, ylog: bool, ymin
     """Frame the data: on a log axis a margin of 8% (x) / 10% (y) of the log range, the range
     being at least a factor 4 (x) / 10 (y), so a single point still gets a frame; on a linear
     axis the same fractions of the range (at least ``ymin_span`` for y, else 1)."""
+    ax.autoscale(False)  # the frame is set here (autoscaling warns on zero-size error bars)
     for is_y, v, log, pad, least in ((False, xs, xlog, 0.08, 4.0), (True, ys, ylog, 0.1, 10.0)):
         lo, hi = float(v.min()), float(v.max())
         if log:
@@ -414,38 +423,95 @@ def _place_legend(
 ) -> tuple[float, ...]:
     """Move ``legend`` (``ax.legend(handles, ..., loc="upper right")``, the figure drawn since)
     to the corner of the axes whose box covers no data point (preference order of
-    ``_LEGEND_CORNERS``); if every corner covers data, put it under the axes with the labels and
-    title of ``below`` (two columns if they fit the width) and make the figure taller by its
-    height, so the axes keep their size. Returns the legend's box in axes fractions (an empty
-    box when it is outside)."""
+    ``_LEGEND_CORNERS``); if every corner covers data, raise the top of the y axis until an upper
+    corner is free (``_make_room``: at most ``MAX_STRETCH`` times the data's span); failing that,
+    put it under the axes with the labels and title of ``below`` (as many columns as fit the
+    width, up to four; when it would take more than ``LEGEND_SHARE`` of the height, the labels
+    cut at their first ": " and the title dropped, then 6 pt text) and make the figure taller by
+    its height, so the axes keep their size.
+    Returns the legend's box in axes fractions (an empty box when it is outside)."""
     bb = legend.get_window_extent().transformed(ax.transAxes.inverted())
-    w, h, pad = bb.width, bb.height, 1.0 - bb.x1
+    # the pad is one length in font units: a different axes fraction across and up
+    w, h, pad_x, pad_y = bb.width, bb.height, 1.0 - bb.x1, 1.0 - bb.y1
     for loc, (cx, cy) in _LEGEND_CORNERS.items():
-        x0 = pad if cx == 0 else 1.0 - pad - w
-        y0 = pad if cy == 0 else 1.0 - pad - h
+        x0 = pad_x if cx == 0 else 1.0 - pad_x - w
+        y0 = pad_y if cy == 0 else 1.0 - pad_y - h
         box = (x0, y0, x0 + w, y0 + h)
         if _count_inside(frac, box) == 0:
             legend.set_loc(loc)
             return box
+    room = _make_room(ax, frac, w, h, pad_x, pad_y)
+    if room is not None:
+        legend.set_loc(room[0])
+        return room[1]
     legend.remove()
-    below_labels, title = below
-    for ncols in (2, 1):
+    labels, title = below
+    legend, height = _legend_below(fig, handles, labels, title)
+    legend_texts = labels
+    if height > LEGEND_SHARE / (1.0 - LEGEND_SHARE) * FIGSIZE[1]:
+        # too tall for a column-wide figure: names only (the numbers are in the tables)
+        bare = [label.split(": ")[0] for label in labels]
+        if bare != labels:
+            legend.remove()
+            legend, height = _legend_below(fig, handles, bare, None)
+            legend_texts = bare
+    if height > LEGEND_SHARE / (1.0 - LEGEND_SHARE) * FIGSIZE[1]:
+        legend.remove()  # still too tall: the smallest print size, 6 pt, set tighter
+        legend, height = _legend_below(fig, handles, legend_texts, None, small=True)
+    fig.set_size_inches(FIGSIZE[0], FIGSIZE[1] + height)
+    return _NO_BOX
+
+
+def _legend_below(fig: Figure, handles, labels, title, small: bool = False):
+    """The legend under the axes in as many columns (4 at most) as fit the figure's width, and
+    its height in inches; ``small``: 6 pt text, tighter rows and columns."""
+    size = {"fontsize": 6, "handlelength": 1.3, "handletextpad": 0.4} if small else {}
+    for ncols in (4, 3, 2, 1):
         legend = fig.legend(
             handles,
-            below_labels,
+            labels,
             loc="outside lower center",
             ncols=ncols,
-            columnspacing=1.0,
+            columnspacing=0.8 if small else 1.0,
+            labelspacing=0.2 if small else 0.3,
             title=title,
             title_fontsize=7,
+            **size,
         )
         fig.draw_without_rendering()
         if legend.get_window_extent().width <= 0.98 * FIGSIZE[0] * fig.dpi or ncols == 1:
             break
         legend.remove()
-    height = legend.get_window_extent().height / fig.dpi
-    fig.set_size_inches(FIGSIZE[0], FIGSIZE[1] + height)
-    return _NO_BOX
+    return legend, legend.get_window_extent().height / fig.dpi
+
+
+LEGEND_SHARE = 0.15  # a legend under the axes takes at most this share of the figure's height
+MAX_STRETCH = 2.0  # _make_room may stretch the y span so that the data keep half the height
+
+
+def _make_room(ax, frac: np.ndarray, w: float, h: float, pad_x: float, pad_y: float):
+    """Raise the top of the y axis (log or linear scale, bottom fixed) just enough that the data
+    under the upper-right or upper-left legend box of size (w, h) sink below it, choosing the
+    corner that needs less; returns (loc, box) or None when more than ``MAX_STRETCH`` times the
+    current span would be needed."""
+    top = 1.0 - pad_y - h  # the legend's lower edge, axes fraction
+    if top * MAX_STRETCH <= 1.0:
+        return None
+    best = None
+    for loc, x0 in (("upper right", 1.0 - pad_x - w), ("upper left", pad_x)):
+        under = frac[(frac[:, 0] > x0) & (frac[:, 0] < x0 + w), 1]
+        need = max(float(under.max(initial=0.0)) / top * 1.03, 1.0)  # 3% clearance
+        if best is None or need < best[0]:
+            best = (need, loc, x0)
+    need, loc, x0 = best
+    if need > MAX_STRETCH:
+        return None
+    y0, y1 = ax.get_ylim()
+    if ax.get_yscale() == "log":
+        ax.set_ylim(y0, y0 * (y1 / y0) ** need)
+    else:
+        ax.set_ylim(y0, y0 + (y1 - y0) * need)
+    return loc, (x0, top, x0 + w, 1.0 - pad_y)
 
 
 def _triangle_sizes(ax, slopes) -> list[tuple[float, float]]:
@@ -589,6 +655,16 @@ def _minus(text: str) -> str:
     return re.sub(r"(?<=[\s\[(=])-(?=\d)", "\N{MINUS SIGN}", text)
 
 
+HOLLOW_LABEL = "faded open marker = flagged point, not fitted"
+
+
+def _hollow_handle() -> Line2D:
+    """The legend entry that explains open, faded markers (``Series.hollow``)."""
+    return Line2D(
+        [], [], color="0.4", marker="o", mfc="white", mew=0.7, ms=_MARKER_SIZE, ls="none", alpha=0.5
+    )
+
+
 def _compose(
     series: Sequence[Series],
     *,
@@ -655,6 +731,9 @@ def _compose(
             )
     handles += [h for h, _ in extra_legend]
     labels += [label for _, label in extra_legend]
+    if any(s.hollow is not None and any(s.hollow) for s in series if s.kind == "points"):
+        handles.append(_hollow_handle())
+        labels.append(HOLLOW_LABEL)
     legend = ax.legend(handles, labels, loc="upper right", borderaxespad=0.4) if handles else None
     fig.draw_without_rendering()  # lays the axes out: axes fractions of text become final
     if tick_xs and _tick_labels_overlap(ax):  # measured x values too close: default ticks
@@ -667,7 +746,11 @@ def _compose(
     legend_box = _NO_BOX
     if legend is not None:
         short = [lb.replace(": slope ", ": ") for lb in labels] if below_short else labels
+        ylim = ax.get_ylim()
         legend_box = _place_legend(fig, ax, legend, handles, frac, (short, below_title))
+        if ax.get_ylim() != ylim:  # _make_room raised the top: the data moved down
+            fig.draw_without_rendering()
+            frac = _fractions(ax, marks, [*paths, *lines])
     label_ys = [y for y, text in hlines if text]
     boxes = _place_hline_labels(ax, texts, label_ys, frac, [legend_box])
     _place_triangles(ax, slopes, frac, [legend_box, *boxes])

@@ -203,27 +203,26 @@ def _plots(ctx: Context, rows: list[dict]) -> None:
         xlabel="noise levels $L$",
         ylabel="$W_2$ of samples (1-D)",
     )
+    # sigma_eff / sigma_i at the largest L, CAS and ALS at each eta, one figure per target std
     largest = max((r["levels"] for r in rows), default=0)
-    series = []
-    for row in rows:
-        if row["levels"] != largest or row["sampler"] != "cas" and row["target_std"] != 0.0:
-            continue
-        ratio = np.asarray(row["ratio"], float)
-        series.append(
+    for std in dict.fromkeys(r["target_std"] for r in rows):
+        series = [
             Series(
-                f"{row['sampler']} ($\\eta$={row['eta']:.2g}, std {row['target_std']:g})",
-                np.arange(1, ratio.size + 1),
-                ratio,
+                f"{row['sampler']}, $\\eta$={row['eta']:.3g}",
+                np.arange(1, len(row["ratio"]) + 1),
+                np.asarray(row["ratio"], float),
                 kind="line",
                 style=row["sampler"],
             )
+            for row in rows
+            if row["levels"] == largest and row["target_std"] == std
+        ]
+        ctx.plot(
+            f"noise_level_ratio_std{std:g}",
+            series,
+            xlabel="level $i$",
+            ylabel=f"$\\sigma_{{\\rm eff}}/\\sigma_i$ (target std {std:g}, L={largest})",
+            xlog=False,
+            ylog=True,
+            hlines=[(1.0, "schedule")],
         )
-    ctx.plot(
-        "noise_level_ratio",
-        series,
-        xlabel="level $i$",
-        ylabel=r"$\sigma_{\rm eff}/\sigma_i$",
-        xlog=False,
-        ylog=True,
-        hlines=[(1.0, "schedule")],
-    )

@@ -273,7 +273,7 @@ def _jacobian_effect(s, by_omega, dropped, t_max, evaluator) -> list[Finding]:
 
 
 def judge_dimension(ctx: Context):
-    findings, series = [], []
+    findings, series = [], {}
     fits = ctx.analysis.dimensions
     largest: dict[str, int] = {}  # per target family: its largest T
     for f in fits:
@@ -309,9 +309,9 @@ def judge_dimension(ctx: Context):
         findings.append(finding)
         if metric == ctx.claim.metric or (metric == "kl" and not product):
             slope, a, lo, hi = loglog_fit(f.dims, f.errors)
-            series.append(
+            series.setdefault(metric, []).append(
                 Series(
-                    f"{s} ({metric.upper()}, {f.group.target.split(':')[0]}): slope {slope:.2f}",
+                    f"{s} ({f.group.target.split(':')[0]}): slope {slope:.2f}",
                     f.dims,
                     f.errors,
                     style=s,
@@ -319,9 +319,14 @@ def judge_dimension(ctx: Context):
                 )
             )
     at = ", ".join(f"T={t}" for t in sorted(set(largest.values())))
-    ctx.plot(
-        "error_vs_d", series, xlabel="dimension $d$", ylabel=f"error at {at}", slopes=[0.5, 1.0]
-    )
+    for metric, drawn in series.items():  # one figure per metric, so that legends stay short
+        ctx.plot(
+            f"error_vs_d_{metric}",
+            drawn,
+            xlabel="dimension $d$",
+            ylabel=f"{metric_label(metric)} at {at}",
+            slopes=[0.5, 1.0],
+        )
     findings.sort(key=lambda f: not f.decisive)
     words = []
     tv = [f for f in findings if f.decisive]
