@@ -123,23 +123,42 @@ def local_slope_plot(ctx: Context, name: str, curves: list[CurveFit], label) -> 
 
 
 def scaled_plot(
-    ctx: Context, curves: list[CurveFit], orders: dict[str, float], name: str | None = None
+    ctx: Context,
+    curves: list[CurveFit],
+    orders: dict[str, float],
+    name: str | None = None,
+    *,
+    power=None,
+    label=None,
+    metric: str | None = None,
 ) -> None:
-    """T^p x error against T per curve, p = -(its expected slope): flat where the curve runs at
-    its order (a rising tail is a slower decay, a falling one a faster)."""
+    """T^p x error against T per curve, p = -(its expected slope) (or ``power(curve)``): flat
+    where the curve runs at its order (a rising tail is a slower decay, a falling one a faster).
+    ``label(curve)`` names a series (default: sampler and grid spacing)."""
+    if power is None:
+
+        def power(c: CurveFit) -> float:
+            return -orders.get(c.key.sampler, NAN) * (2.0 if c.key.metric == "kl" else 1.0)
+
+    if label is None:
+
+        def label(c: CurveFit) -> str:
+            return f"{c.key.sampler} ({option(c, 'spacing', 'uniform')})"
+
     series = []
     for c in curves:
-        p = -orders.get(c.key.sampler, NAN) * (2.0 if c.key.metric == "kl" else 1.0)
+        p = power(c)
         if not math.isfinite(p):
             continue
         t = np.asarray(c.steps, float)
-        label = f"{c.key.sampler} ({option(c, 'spacing', 'uniform')}): $T^{{{p:g}}}\\times$error"
-        series.append(Series(label, t, np.asarray(c.errors) * t**p, style=c.key.sampler))
+        text = f"{label(c)}: $T^{{{p:g}}}\\times$error"
+        series.append(Series(text, t, np.asarray(c.errors) * t**p, style=c.key.sampler))
+    metric = metric or ctx.claim.metric
     ctx.plot(
-        name or f"{ctx.claim.metric}_scaled_vs_T",
+        name or f"{metric}_scaled_vs_T",
         series,
         xlabel=AXES["T"],
-        ylabel=r"$T^{p}\times$" + metric_label(ctx.claim.metric),
+        ylabel=r"$T^{p}\times$" + metric_label(metric),
     )
 
 
@@ -283,6 +302,15 @@ def judge_path_kl(ctx: Context):
         ylabel="KL (gaussian:d=1)",
         slopes=[-1.0, -2.0],
     )
+    scaled_plot(
+        ctx,
+        series,
+        {},
+        "kl_scaled_vs_T",
+        power=lambda c: 1.0 if c.key.metric == "path-kl" else 2.0,
+        label=lambda c: f"{c.key.sampler} {'path' if c.key.metric == 'path-kl' else 'marginal'}",
+        metric="kl",
+    )
     path = [f for f in findings if f.what.split(", ")[1].startswith("path-kl")]
     marg = [f for f in findings if f not in path]
     words = []
@@ -294,6 +322,14 @@ def judge_path_kl(ctx: Context):
             "(expected -2): TV <= sqrt(path KL / 2) can only give T^-1/2"
         )
     return ctx.result(findings, words)
+
+
+def _declared_power(c: CurveFit) -> float:
+    """p of T^p x error for a curve at its sampler's declared weak order (2p for KL)."""
+    from convergence.samplers import get_spec
+
+    p = get_spec(c.key.sampler).expected_order
+    return NAN if p is None else p * (2.0 if c.key.metric == "kl" else 1.0)
 
 
 def judge_orders(ctx: Context):
@@ -345,6 +381,15 @@ def judge_orders(ctx: Context):
             xlabel=AXES["T"],
             ylabel=metric_label(metric) + " (gaussian:d=1)",
             slopes=[-1.0, -2.0] if metric == "w2" else [-2.0, -4.0],
+        )
+        scaled_plot(
+            ctx,
+            cs,
+            {},
+            f"{metric}_scaled_vs_T_gaussian_d1",
+            power=_declared_power,
+            label=lambda c: c.key.sampler,
+            metric=metric,
         )
     rk = (ctx.studies.get("rk45_tolerance") or {}).get("rows", [])
     if rk:
