@@ -4,12 +4,15 @@ folder, and helpers to draw its figures. A judge reads; it never runs a sampler.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from convergence.analysis import Analysis, CurveFit, analyse
+import numpy as np
+
+from convergence.analysis import FLOOR_FACTOR, Analysis, CurveFit, analyse
 from convergence.claims.findings import Z95, ClaimResult, Finding
 from convergence.figures import METRIC_LABELS, Series, _curve_series, _legend_label, plot_series
 
@@ -79,6 +82,16 @@ def curve_series(c: CurveFit, others: list[CurveFit], axis: str = "T", extra: st
     if extra:
         label = f"{c.key.sampler}{extra}:{label.split(':', 1)[1]}"
     return _curve_series(c, axis, Z95, label)
+
+
+def floor_lines(curves: list[CurveFit]) -> list[tuple[float, str]]:
+    """The reference line of a figure of sample-metric curves: 10x the median positive noise
+    floor of ``curves`` (the level below which no point is fitted), or none when every curve is
+    measured exactly (floor 0)."""
+    floors = [v for c in curves for v in c.floors if math.isfinite(v) and v > 0]
+    if not floors:
+        return []
+    return [(FLOOR_FACTOR * float(np.median(floors)), f"{FLOOR_FACTOR:g}x noise floor")]
 
 
 def metric_label(metric: str) -> str:

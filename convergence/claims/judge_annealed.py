@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from convergence.claims.context import Context, curve_series, metric_label
+from convergence.claims.context import Context, curve_series, floor_lines, metric_label
 from convergence.claims.findings import (
     Finding,
     Status,
@@ -202,6 +202,7 @@ def _plots(ctx: Context, rows: list[dict]) -> None:
         [curve_series(c, ws) for c in ws],
         xlabel="noise levels $L$",
         ylabel="$W_2$ of samples (1-D)",
+        hlines=floor_lines(ws),
     )
     # sigma_eff / sigma_i at the largest L, CAS and ALS at each eta, one figure per target std
     largest = max((r["levels"] for r in rows), default=0)

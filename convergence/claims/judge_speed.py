@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from convergence.analysis import nfe_to_error
-from convergence.claims.context import Context, curve_series, metric_label, option
+from convergence.claims.context import Context, curve_series, floor_lines, metric_label, option
 from convergence.claims.findings import (
     Excluded,
     Finding,
@@ -132,7 +130,7 @@ def judge_ggf(ctx: Context):
             series,
             xlabel=AXES["NFE"],
             ylabel=f"{metric_label(metric)} ({process.upper()})",
-            hlines=[(float(np.nanmean(em.floors)) * 10, "10x noise floor")],
+            hlines=floor_lines(others),
         )
     bias = (ctx.studies.get("ggf_rejections") or {}).get("bias", [])
     for row in bias:
@@ -230,6 +228,7 @@ def judge_ams(ctx: Context):
                     [curve_series(c, cs, axis="NFE") for c in cs],
                     xlabel=AXES["NFE"],
                     ylabel=f"{metric_label(metric)} ({process.upper()}, {target.split(',')[0]})",
+                    hlines=floor_lines(cs),
                 )
     words = [_speed_words(findings, "ams over pc", 2, 5)]
     study = ctx.studies.get("momentum")

@@ -315,7 +315,7 @@ def _by_target(curves):
 def _draw(ctx, plateaus) -> None:
     """Error against T for every score source, one figure per (metric, sampler, target); the
     exact-TV plateau against eps_score, one figure per target."""
-    from convergence.claims.context import curve_series, metric_label
+    from convergence.claims.context import curve_series, floor_lines, metric_label
     from convergence.figures import Series
 
     for metric in ("mmd", "kl", EXACT_METRIC):
@@ -330,6 +330,7 @@ def _draw(ctx, plateaus) -> None:
                     ],
                     xlabel="steps $T$",
                     ylabel=f"{metric_label(metric)} ({s}, {_target_label(target)})",
+                    hlines=floor_lines(cs),
                 )
     names = {"learned": "network", "bias": "bias field", "sin": "sine field"}
     for s, target, cs in plateaus:

@@ -75,3 +75,14 @@ def test_plateau_row_divides_by_eps_score_and_reports_flatness():
     assert "plateau / eps_jacobi 1.43" in f.detail and "-2% from T=8" in f.detail
     assert "eps_jacobi = 0" in _plateau_finding("ddim", BIAS_NEAR).detail
     assert _plateau_finding("ddim", _curve("bias:eps=0", [0.2], 0.0, 0.0)) is None
+
+
+def test_floor_line_only_for_curves_with_a_noise_floor():
+    from convergence.claims.context import floor_lines
+
+    exact = SimpleNamespace(floors=(0.0, 0.0))
+    sampled = SimpleNamespace(floors=(1e-4, 3e-4))
+    other = SimpleNamespace(floors=(2e-4, math.nan))
+    assert floor_lines([exact]) == []  # control: exact curves draw no floor
+    ((level, text),) = floor_lines([exact, sampled, other])
+    assert level == pytest.approx(10 * 2e-4) and text == "10x noise floor"
