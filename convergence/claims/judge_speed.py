@@ -359,6 +359,13 @@ def _mean_field_findings(study: dict, findings: list[Finding]) -> list[str]:
     return words
 
 
+def _column_series(label: str, rows: list[dict], x: str, y: str, err: str | None = None) -> Series:
+    """A Series of study rows: the columns x and y (and 95% half-widths from column ``err``,
+    0 where a row has none), the next palette colour."""
+    yerr = None if err is None else [r.get(err, 0.0) for r in rows]
+    return Series(label, [r[x] for r in rows], [r[y] for r in rows], yerr=yerr, style=None)
+
+
 def _momentum_plots(ctx: Context, study: dict) -> None:
     series = []
     for method in ("ula", "heavy-ball", "ams"):
@@ -374,25 +381,12 @@ def _momentum_plots(ctx: Context, study: dict) -> None:
                 key=lambda r: r["h"],
             )
             if rows:
-                series.append(
-                    Series(
-                        f"{method}, $\\kappa$={kappa:g}",
-                        [r["h"] for r in rows],
-                        [r["kl"] for r in rows],
-                        yerr=[r.get("kl_ci", 0.0) for r in rows],
-                        style=None,
-                    )
-                )
+                label = f"{method}, $\\kappa$={kappa:g}"
+                series.append(_column_series(label, rows, "h", "kl", err="kl_ci"))
     for kappa in sorted({r["kappa"] for r in study.get("mean_field", [])}):
         rows = sorted((r for r in study["mean_field"] if r["kappa"] == kappa), key=lambda r: r["h"])
-        series.append(
-            Series(
-                f"ams, n$\\to\\infty$ (exact), $\\kappa$={kappa:g}",
-                [r["h"] for r in rows],
-                [r["kl"] for r in rows],
-                style=None,
-            )
-        )
+        label = f"ams, n$\\to\\infty$ (exact), $\\kappa$={kappa:g}"
+        series.append(_column_series(label, rows, "h", "kl"))
     ctx.plot(
         "stationary_bias", series, xlabel="step size $h$", ylabel="stationary KL", slopes=[2.0]
     )
@@ -406,14 +400,7 @@ def _momentum_plots(ctx: Context, study: dict) -> None:
                 (r for r in rows if r["level"] == lev and r.get("iterations")),
                 key=lambda r: r["kappa"],
             )
-            iters.append(
-                Series(
-                    f"{method}, KL<{lev:.2g}",
-                    [r["kappa"] for r in sel],
-                    [r["iterations"] for r in sel],
-                    style=None,
-                )
-            )
+            iters.append(_column_series(f"{method}, KL<{lev:.2g}", sel, "kappa", "iterations"))
     ctx.plot(
         "iterations_vs_kappa",
         iters,

@@ -130,7 +130,7 @@ def judge_learned(ctx):
     field with the nearest (eps_score, eps_jacobi), and plateau / eps_score and plateau /
     eps_jacobi of every score source. Figures: error against T per sampler and target, the
     plateau against eps_score."""
-    from convergence.claims.findings import Finding, Status
+    from convergence.claims.findings import Finding, Kind, Status
 
     findings, words = [], []
     study = ctx.studies.get("learned_error") or {}
@@ -164,7 +164,7 @@ def judge_learned(ctx):
                     plateaus.append((s, target, mine))
     _draw(ctx, plateaus)
     below = [f for f in findings if f.status is Status.BELOW]
-    ranges = [f for f in findings if f.kind.value == "range"]
+    ranges = [f for f in findings if f.kind is Kind.RANGE]
     if below:
         words.append(
             f"in {len(below)} of {len(ranges)} settings the network's error is below a third of "
@@ -178,12 +178,9 @@ def judge_learned(ctx):
 def _bias_finding(sampler: str, net, curves, metric: str):
     """The decisive finding of one network curve: its error at its largest T over that of the
     bias field with the nearest eps_score, against [1/3, 3]; and its sentence."""
-    from convergence.claims.findings import Status, range_finding, valid_point
+    from convergence.claims.findings import Status, range_finding
 
-    t = net.steps[-1]
-    match = _matched(curves, net, t, "bias")
-    e_net, x_net = valid_point(net, t)
-    e_bias, x_bias = (math.nan, None) if match is None else valid_point(match, t)
+    t, match, (e_net, x_net), (e_bias, x_bias) = _pair_at_end(net, curves, "bias")
     excluded = tuple(x for x in (x_net, x_bias) if x is not None)
     ratio, lo, hi, detail = math.nan, math.nan, math.nan, ""
     if math.isfinite(e_net) and math.isfinite(e_bias):
@@ -224,15 +221,23 @@ def _bias_finding(sampler: str, net, curves, metric: str):
     return f, said
 
 
+def _pair_at_end(net, curves, kind: str):
+    """At the network curve's largest T: (T, the matched curve of perturbation ``kind`` or None,
+    (value, excluded) of the network's point, (value, excluded) of the match's)."""
+    from convergence.claims.findings import valid_point
+
+    t = net.steps[-1]
+    match = _matched(curves, net, t, kind)
+    other = (math.nan, None) if match is None else valid_point(match, t)
+    return t, match, valid_point(net, t), other
+
+
 def _sine_finding(sampler: str, net, curves):
     """Context: the network's error at its largest T over that of the sine field whose
     (eps_score, eps_jacobi) is nearest the network's (both measured on the sampler's grid)."""
-    from convergence.claims.findings import Finding, Status, valid_point
+    from convergence.claims.findings import Finding, Status
 
-    t = net.steps[-1]
-    match = _matched(curves, net, t, "sin")
-    e_net, x_net = valid_point(net, t)
-    e_sin, x_sin = (math.nan, None) if match is None else valid_point(match, t)
+    t, match, (e_net, x_net), (e_sin, x_sin) = _pair_at_end(net, curves, "sin")
     ratio, lo, hi, detail = math.nan, math.nan, math.nan, ""
     if math.isfinite(e_net) and math.isfinite(e_sin):
         ratio, lo, hi = _ratio(net, match, t)

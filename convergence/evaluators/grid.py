@@ -633,30 +633,15 @@ def grid_metrics(
     process: Process,
     steps: int,
     *,
-    start: GaussianMixture,
-    reference: GaussianMixture,
-    t_end: float | None = None,
-    perturbation=None,
-    final_noise: bool = False,
-    resolution: float = RESOLUTION,
     metrics: tuple[str, ...] = METRICS,
-    **options,
+    resolution: float = RESOLUTION,
+    **run,
 ) -> GridResult:
     """The grid metrics of one sampler run at one resolution (see the module docstring); TV and
-    W2 only when named in ``metrics`` (KL and Hellinger come at no extra cost)."""
-    out = _output(
-        spec,
-        target,
-        process,
-        steps,
-        start=start,
-        reference=reference,
-        t_end=t_end,
-        perturbation=perturbation,
-        final_noise=final_noise,
-        resolution=resolution,
-        **options,
-    )
+    W2 only when named in ``metrics`` (KL and Hellinger come at no extra cost). ``run``: the
+    keywords of ``_output`` (start and reference laws, t_end, perturbation, final_noise, sampler
+    options)."""
+    out = _output(spec, target, process, steps, resolution=resolution, **run)
     return _metrics_of(out, metrics, resolution)
 
 
