@@ -13,7 +13,7 @@ t_end, final noise, denoise, noise kind; non-default settings add a suffix to th
   (the y axis raised to make room if needed) or under them within 15% of the height;
 * reference slope triangles for the expected orders of the samplers shown (solid) and for the
   claimed bounds in this metric that differ from them (dashed), placed where the axes hold no
-  data (THEORY.md section 5, "Recommended presentation").
+  data.
 
 Other log-log (or semi-log) figures of the claims report -- path KL against T, error plateau
 against eps_score, error against d, predicted asymptotes over measured points, local slopes -- are

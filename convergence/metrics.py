@@ -2,9 +2,9 @@
 
 An empirical distance between a sampler's output and a reference sample is biased upwards by the
 finite sample size: even two independent n-samples of the same law are at a positive distance,
-the noise floor (THEORY.md 4.1: W2 floor ~0.15 for N(0, I_2) at n = 2000, and it shrinks like
-n^(-1/d) once d > 4). A rate fit must only use errors well above that floor (DESIGN.md decision 5),
-so every estimate here is returned together with the floor at its sample size and a 95%
+the noise floor (measured below: W2 floor ~0.15 for N(0, I_2) at n = 2000; it shrinks like
+n^(-1/d) once d > 4, Fournier & Guillin 2015). A rate fit must only use errors well above that
+floor, so every estimate here is returned together with the floor at its sample size and a 95%
 confidence half-width.
 
 This module holds the exact W2 (POT's network simplex), the protocol shared by all two-sample
@@ -66,7 +66,7 @@ def w2_samples(x: Any, y: Any) -> float:
 
     Cost for d >= 2: 8 n m bytes for the cost matrix (refused above ``MAX_MATRIX_BYTES`` = 2 GB,
     n = m ~ 15 800) and roughly cubic time (about 1 s at n = m = 2000). Do not use it as an error
-    metric for rates in d > 2: its noise floor decays like n^(-1/d) (THEORY.md 4.1 and 4.8).
+    metric for rates in d > 2: its noise floor decays like n^(-1/d) (Fournier & Guillin 2015).
 
     Args:
         x: (n, d) sample (torch tensor or array).
@@ -294,7 +294,7 @@ def w2_against_reference(
 
         value = (1/R) sum_r W2(mu_x, mu_{y_r}),  floor = mean_i W2(mu_{y_2i}, mu_{y_2i+1}),
 
-    ci as in ``repeated_estimate``. Measured floors for N(0, I_d) (THEORY.md 4.1): 0.055, 0.151,
+    ci as in ``repeated_estimate``. Measured floors for N(0, I_d): 0.055, 0.151,
     1.47 at n = 2000 and 0.017, 0.074, 1.20 at n = 10^4 in d = 1, 2, 8.
 
     Args:

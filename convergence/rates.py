@@ -2,10 +2,10 @@
 
 Errors e(T) are measured at step counts T_0 < T_1 < ... (typically a doubling grid). The slope is
 d log e / d log T, so a converging sampler has a NEGATIVE slope (e.g. -1 for the W2 error of a
-first-order scheme, -2 for its KL). THEORY.md section 2.4 writes the same procedure with the
-positive exponent beta = -slope; the verdict names below are translated accordingly.
+first-order scheme, -2 for its KL); papers usually quote the positive exponent beta = -slope,
+and the verdict names below are phrased for slopes.
 
-Procedure (THEORY.md 2.4, steps 2-4):
+Procedure:
 
 1. local slopes p_k = log(e_{k+1} / e_k) / log(T_{k+1} / T_k)           (``local_slopes``)
 2. the asymptotic window: the contiguous run of valid points, reaching the largest T, in which

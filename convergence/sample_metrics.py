@@ -4,7 +4,7 @@ Each estimator compares an output sample x, shape (n, d), with the reference law
 sampler ``sample_reference(n, seed)`` and, where the estimator needs it, as the law itself (a
 ``GaussianMixture`` or ``ProductMixture``: closed-form kernel embedding, exact log-density). Each
 returns a ``SampleEstimate`` with its noise floor at the size used and a 95% CI half-width; use
-them through ``convergence.metrics.sample_distance``. THEORY.md 4.2-4.5 and 4.8 describe what each
+them through ``convergence.metrics.sample_distance``. The docstring of each says what it
 can resolve: none of them can show a T^-2 slope (the floors below), they serve black-box checks at
 small T.
 
@@ -192,9 +192,9 @@ def _sinkhorn_estimate(x, sample_reference, *, seed, eps=None, repeats=REPEATS):
 
     eps default: EPS_REL tr Cov (= s^2, s the RMS distance to the mean of the first reference
     draw), half the mean pair cost E|Y - Y'|^2 = 2 s^2 in every d: a blur of the data's own
-    scale. Smaller eps tends to W2 and its n^(-1/d) floor (THEORY.md 4.2), larger eps to an
-    MMD that attenuates the signal. Measured at n = 2000, N(0, I_d), sqrt(S_eps) at zero distance
-    (floor) and for a 10% scale change (exact W2 0.141 in d = 2, 0.283 in d = 8):
+    scale. Smaller eps tends to W2 and its n^(-1/d) floor (Genevay et al., AISTATS 2019), larger eps
+    to an MMD that attenuates the signal. Measured at n = 2000, N(0, I_d), sqrt(S_eps) at zero
+    distance (floor) and for a 10% scale change (exact W2 0.141 in d = 2, 0.283 in d = 8):
 
         d = 2:  eps = 0.18: 0.103 / 0.164   0.5: 0.087 / 0.152   2 (default): 0.058 / 0.131
         d = 8:  eps = 0.72: 1.12 / 1.25     2: 0.61 / 0.75       8 (default): 0.18 / 0.28
@@ -240,7 +240,7 @@ _BLOCK_BYTES = 64 * 2**20  # working memory per block of projections / kernel ro
 
 def sliced_w2(x: Any, y: Any, *, n_directions: int = 1000, seed: int = 0) -> float:
     """Sliced 2-Wasserstein distance over L random directions (Bonneel et al. 2015, J. Math.
-    Imaging Vis. 51; THEORY.md 4.3):
+    Imaging Vis. 51):
 
         SW2(mu_x, mu_y)^2 = (1/L) sum_l W2(theta_l # mu_x, theta_l # mu_y)^2,
 
@@ -297,7 +297,7 @@ def gaussian_kernel_inner(law_a: Law, law_b: Law, bandwidth: float) -> float:
 
     because X - Y ~ N(delta_jk, C_j + C'_k) per component pair and
     E_{Z ~ N(m, C)} exp(-|Z|^2 / (2 l^2)) = (l^2)^{d/2} det(C + l^2 I)^{-1/2}
-    exp(-m^T (C + l^2 I)^{-1} m / 2) (Gaussian integral; THEORY.md 4.4). With a = b this is
+    exp(-m^T (C + l^2 I)^{-1} m / 2) (Gaussian integral). With a = b this is
     ||mu_q||^2. Products (``ProductMixture``) factor: the kernel is a product over coordinates.
     Computed in log space. Cost O(K_a K_b d^3) (O(K_a K_b d) for diagonal components).
     """
@@ -435,7 +435,7 @@ def knn_kl(x: Any, y: Any, log_q_y: Any, *, k: int = 1) -> float:
     (Kozachenko-Leonenko 1987, Probl. Inf. Transm. 23; Wang, Kulkarni, Verdu 2009, IEEE Trans.
     Inf. Theory 55, 2392-2405: their k-NN divergence estimator with the exact log q in place of
     its k-NN estimate; psi(n + 1) = log n + O(1/n)). Residual bias: the density's curvature in
-    the ball and p's tails, decaying roughly like n^(-c/d) (THEORY.md 4.5). Measured at n = 10^4
+    the ball and p's tails, decaying roughly like n^(-c/d). Measured at n = 10^4
     over 20 independent (x, y), mean (sd):
 
         law of x                 d   exact   k = 1 (default)  k = 5

@@ -1,4 +1,6 @@
-"""Langevin with and without adaptive momentum on fixed Gaussian targets (THEORY.md 1.4).
+"""Langevin with and without adaptive momentum on fixed Gaussian targets.
+
+Claim 7 of the report: Wen, Deng, Luo, Sun & Li 2024 (arXiv 2405.13726).
 
 Target pi = N(0, Lambda), Lambda = diag(lambda_1..lambda_d) with lambda_i = kappa^((i-1)/(d-1)):
 from lambda_min = 1 to lambda_max = kappa (condition number kappa). Its score s(x) = -x / lambda is
@@ -6,20 +8,21 @@ affine and independent of t; the score's Lipschitz constant is L = 1 / lambda_mi
 is also the dimensionless step h L (the brief's "h = c / lambda_max" reads lambda_max as the
 largest curvature 1 / lambda_min).
 
-Methods, all one rule with step h (SAMPLERS.md 2.5 and 6.2 with the snr step replaced by eps = h):
+Methods, all one rule with step h (docs/samplers/score_sde.md, `langevin` and `ams`, with the
+snr step replaced by eps = h):
 
     g = s(x);  m <- beta m + (1 - beta) g;  x <- x + h (1 + beta)^2 m + sqrt(2 h) z
 
-* ``ula``: beta = 0 (unadjusted Langevin, SAMPLERS.md 2.5, fixed step);
-* ``ams``: the AMS-LC rule of SAMPLERS.md 6.2 with a fixed step eps = h: first step beta = 0,
-  m = g; later beta = clip(((1 - q) / (1 + q))^2, 0, 1 - 1e-4), q = eta_A ||g - g_prev|| /
-  ||Delta|| with the previous eta_A = h (1 + beta_prev)^2 and Delta = eta_A m the previous drift
-  displacement; batch-mean norms (SAMPLERS.md 1.3), one batch per replicate. The package's
-  ``AMSCorrector`` computes its step from the snr rule and cannot take a fixed step, so the rule is
-  written once here (``momentum_update``, ``run_chains``); a test checks it against
-  ``AMSCorrector`` step for step when the corrector is fed the same step size.
-* ``heavy-ball``: beta fixed after the first step (the fixed-beta momentum of the AMS code,
-  SAMPLERS.md 6.4); linear, so its stationary law solves a discrete Lyapunov equation.
+* ``ula``: beta = 0 (unadjusted Langevin, fixed step);
+* ``ams``: the AMS-LC rule of Wen et al. (docs/samplers/score_sde.md, `ams`) with a fixed step eps =
+  h: first step beta = 0, m = g; later beta = clip(((1 - q) / (1 + q))^2, 0, 1 - 1e-4), q = eta_A
+  ||g - g_prev|| / ||Delta|| with the previous eta_A = h (1 + beta_prev)^2 and Delta = eta_A m the
+  previous drift displacement; batch-mean norms as in the AMS reference code, one batch per
+  replicate. The package's ``AMSCorrector`` computes its step from the snr rule and cannot take a
+  fixed step, so the rule is written once here (``momentum_update``, ``run_chains``); a test checks
+  it against ``AMSCorrector`` step for step when the corrector is fed the same step size.
+* ``heavy-ball``: beta fixed after the first step (the fixed-beta ablation of the AMS reference
+  code); linear, so its stationary law solves a discrete Lyapunov equation.
 
 Stability: the mean recursion of ULA is x' = (1 - h / lambda) x, stable iff 0 < h < 2 lambda_min;
 a frozen beta gives on (x, m) the 2 x 2 map [[1 - a, eta beta], [-(1 - beta) / lambda, beta]],
@@ -28,7 +31,8 @@ stable
 (Jury) iff a < 2 (1 + beta), i.e. h (1 - beta^2) < 2 lambda_min [DERIVED]. Every frozen beta in
 [0, 1) is stable iff h < 2 lambda_min = 2: the one rule enforced for every method.
 
-Exact laws [DERIVED; THEORY.md 3.3]: ULA per coordinate has mean (1 - h/lambda)^k mu_0 and variance
+Exact laws [DERIVED: moments of a linear Gaussian recursion]: ULA per coordinate has mean
+(1 - h/lambda)^k mu_0 and variance
 v_k = v_inf + (1 - h/lambda)^(2k) (v_0 - v_inf), v_inf = lambda / (1 - h / (2 lambda)) (fixed point
 of v' = (1 - h/lambda)^2 v + 2 h). ``ams`` has no closed form: its law is measured from n chains
 (float64, per-sample noise of ``convergence.noise``) as the Gaussian with the sample mean and
@@ -78,7 +82,7 @@ Tensor = torch.Tensor
 
 METHODS = ("ula", "ams", "heavy-ball")
 H_MAX = 2.0  # h < 2 lambda_min (lambda_min = 1): stability of every frozen-beta chain
-HEAVY_BALL_BETA = 0.9  # the AMS code's fixed-beta ablation uses 0.8 and 0.9 (SAMPLERS.md 6.4)
+HEAVY_BALL_BETA = 0.9  # the AMS code's fixed-beta ablation uses 0.8 and 0.9
 _INIT_DOMAIN = 0x494E4954  # noise stream of the initial states (separate from the chain's)
 _FLOOR_DOMAIN = 0x464C4F52  # noise stream of the exact reference draws of the noise floor
 
@@ -143,7 +147,7 @@ def _check_beta(beta: Any) -> float:
 def momentum_update(
     x: Tensor, m: Tensor, g: Tensor, beta: Tensor | float, h: float
 ) -> tuple[Tensor, Tensor]:
-    """The deterministic part of one step (SAMPLERS.md 6.2 steps 3.4-4 with eps = h):
+    """The deterministic part of one step (the AMS-LC update of Wen et al. with eps = h):
     m' = beta m + (1 - beta) g, x_bar = x + h (1 + beta)^2 m'. Returns (x_bar, m'); beta = 0 is
     ULA's x + h g. Shapes broadcast (beta a float or one value per batch)."""
     m_new = beta * m + (1.0 - beta) * g
@@ -152,7 +156,7 @@ def momentum_update(
 
 def ula_stationary_variance(lam: Tensor, h: float) -> Tensor:
     """Stationary variance of ULA on N(0, lambda): lambda / (1 - h / (2 lambda)) (module
-    docstring; THEORY.md 3.3)."""
+    docstring)."""
     return lam / (1.0 - h / (2.0 * lam))
 
 
@@ -177,8 +181,8 @@ def _heavy_ball_matrix(lam: Tensor, h: float, beta: float) -> Tensor:
 
 def heavy_ball_stationary_variance(lam: Tensor, h: float, beta: float) -> Tensor:
     """Stationary variance of x under the frozen-beta step: the x block of the solution of the
-    discrete Lyapunov equation S = M S M^T + Q, Q = 2 h on the x block (THEORY.md 3.3;
-    scipy.linalg.solve_discrete_lyapunov). Cost O(d^3)."""
+    discrete Lyapunov equation S = M S M^T + Q, Q = 2 h on the x block
+    (scipy.linalg.solve_discrete_lyapunov). Cost O(d^3)."""
     S = _heavy_ball_covariance(lam, h, beta)
     return torch.from_numpy(np.diag(S)[: lam.numel()].copy())
 
@@ -296,7 +300,8 @@ def diagonal_distances(lam: Tensor, var: Tensor, mean: Tensor | None = None) -> 
 
 
 def _batch_norm(v: Tensor) -> Tensor:
-    """Batch-mean norm mean_b ||v_b||_2 per replicate (SAMPLERS.md 1.3): (R, n, d) -> (R, 1, 1)."""
+    """Batch-mean norm mean_b ||v_b||_2 per replicate (as in the AMS reference code):
+    (R, n, d) -> (R, 1, 1)."""
     squares = v.square() @ torch.ones(v.shape[-1], dtype=v.dtype)  # 10x faster than .sum(-1)
     return squares.sqrt().mean(dim=-1)[:, None, None]
 
@@ -415,7 +420,7 @@ def stationary_bias(
     beta: float = HEAVY_BALL_BETA,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Distance between pi and the stationary law of ``method`` at step h (THEORY.md 1.4 (i)).
+    """Distance between pi and the stationary law of ``method`` at step h (claim 7's bias).
 
     ``estimator``: "exact" (ULA: closed form; heavy-ball: Lyapunov), "samples" (R = ``replicates``
     batches of n chains started from exact draws of pi, run for ``mixing_steps`` (e^-burn of the
@@ -650,7 +655,7 @@ def iterations_to_accuracy(
     beta: float = HEAVY_BALL_BETA,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Iterations until KL(pi || law_k) stays below ``level`` (THEORY.md 1.4 (ii)) for ``method``
+    """Iterations until KL(pi || law_k) stays below ``level`` (claim 7's speed) for ``method``
     at step h = c from an over-dispersed start: ``kl_paths`` (all options as there) read by
     ``iterations_row``. AMS runs go on for max(50, k/2) steps after their last crossing k: a later
     excursion above the level is missed beyond that.
@@ -728,14 +733,14 @@ EXPECTED_KAPPA_EXPONENT = {
 
 
 def momentum_study(*, quick: bool = False, seed: int = 0) -> dict[str, Any]:
-    """Issue 6 claim 7 on fixed Gaussian targets (THEORY.md 1.4), settings ``STUDY``.
+    """Claim 7 (Wen et al. 2024) on fixed Gaussian targets, settings ``STUDY``.
 
     * ``bias``: ``stationary_bias`` rows for ula (exact), heavy-ball (exact, beta = 0.9), ams
       (samples) at every step h and kappa, plus a sampled ula row at h = c per kappa (the sample
       estimator against the closed form).
     * ``bias_slopes``: per (method, kappa) the log-log slopes of KL and W2 against h over all
-      steps and over the three smallest (``*_small_h``) (``loglog_slope``; THEORY.md 1.4: 2 and 1
-      for a first-order scheme).
+      steps and over the three smallest (``*_small_h``) (``loglog_slope``; a first-order
+      scheme has KL bias ~ h^2 and W2 bias ~ h).
     * ``levels``: factors x the largest stationary KL at h = c (ula exact at every iteration kappa,
       ams measured at the bias kappas): above both methods' bias and far above the floor.
     * ``iterations``: ``iterations_row`` for ula (exact) and ams (samples) at every kappa and level.

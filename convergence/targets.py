@@ -18,7 +18,8 @@ Haar-random basis Q_j per component (so no rotation makes it a product).
 ``product:d=D,k=K,seed=S[,distinct=0|1]`` is the tensorised target prod_i q_i of one-dimensional
 mixtures: every factor is ``gmm:d=1,k=K,seed=S`` (distinct=0, the default) or factor i is
 ``gmm:d=1,k=K,seed=S+i`` (distinct=1). Its marginals stay products and its score is
-coordinate-separable, so the tensorised evaluator measures it exactly in any d (THEORY.md 2.3).
+coordinate-separable, so a sampler's output law is the product of its 1-D laws and the tensorised
+evaluator measures it exactly in any d (``convergence.evaluators.tensor``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""How an error is measured: the most exact evaluator that applies (DESIGN.md decision 5).
+"""How an error is measured: the most exact evaluator that applies.
 
 ``error(...)`` runs one sampler at one step count on a target and returns an ``ErrorEstimate``
 against the exact marginal of the target at the sampler's ``t_end``. Evaluators, in the order in

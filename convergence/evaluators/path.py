@@ -1,12 +1,14 @@
 """Exact path-space KL and marginal KL of a Gaussian-kernel sampler on a single-Gaussian target.
 
-THEORY.md 2.1: the Girsanov bounds control the KL between the *paths* of the true reverse process
-and of the sampler; data processing then bounds the KL of the final marginals. For a Gaussian
-target q_0 = N(m, S) both are closed form on the sampler's own grid t_0 = 1 > t_1 > ... > t_T =
-t_end, so the loss of the data-processing step can be measured (issue 6, claim 3).
+The Girsanov bounds (Li, Huang, Efimov, Wei, Chi & Chen 2024, arXiv 2403.03852) control the KL
+between the *paths* of the true reverse process and of the sampler; data processing then bounds the
+KL of the final marginals. For a Gaussian target q_0 = N(m, S) both are closed form on the sampler's
+own grid t_0 = 1 > t_1 > ... > t_T = t_end, so the loss of the data-processing step can be measured
+(issue 6, claim 3).
+
 
 True chain. Under x_t = alpha(t) x_0 + sigma(t) xi the marginals are q_t = N(mu_t, C_t),
-mu_t = alpha(t) m, C_t = alpha(t)^2 S + sigma(t)^2 I (THEORY.md 3.1), and the forward transition
+mu_t = alpha(t) m, C_t = alpha(t)^2 S + sigma(t)^2 I, and the forward transition
 from t' = t_{k+1} to t = t_k > t' is x_t = rho x_t' + sqrt(beta) xi with (rho, beta) =
 ``process.transition(t', t)``. The joint of (x_t', x_t) is Gaussian with Cov(x_t', x_t) = rho C_t',
 so the reverse kernel is (Gaussian conditioning)
@@ -30,7 +32,7 @@ Path KL (chain rule of KL for Markov chains):
     KL(Q || P) = KL(q_{t_0} || p_{t_0}) + sum_k E_{x ~ q_{t_k}} KL(q(. | x) || p(. | x)),
 
 and the reverse direction KL(P || Q) likewise with the expectation under the sampler's marginals
-p_{t_k} = N(m_k, P_k), m_{k+1} = A m_k + b, P_{k+1} = A P_k A^T + Sigma (THEORY.md 3.3). Each
+p_{t_k} = N(m_k, P_k), m_{k+1} = A m_k + b, P_{k+1} = A P_k A^T + Sigma. Each
 term is closed form (``expected_kl``). The marginal KL is KL(q_{t_end} || p_T) by
 ``gaussian.distance``.
 
@@ -110,7 +112,7 @@ class Chain:
 
 def marginals(target: GaussianMixture, process: Process, times) -> tuple[Tensor, Tensor]:
     """Means (n, d) and covariances (n, d, d) of the true marginals q_t at the given times
-    (``GaussianMixture.noised``, THEORY.md 3.1)."""
+    (``GaussianMixture.noised``)."""
     laws = [exact.law_of(target.noised(process, t)) for t in times]
     return torch.stack([q.mean for q in laws]), torch.stack([q.full_cov() for q in laws])
 
@@ -136,7 +138,7 @@ def expected_kl(a: Kernel, b: Kernel, mean: Tensor, cov: Tensor) -> Tensor:
         = 1/2 [ sum_i (u_i - log1p(u_i)) + |L^{-1} delta|^2 + tr(K cov K^T) ],
 
     L L^T = S_b, 1 + u_i the eigenvalues of L^{-1} S_a L^{-T} (obtained from S_a - S_b without
-    cancellation, as in ``analytic.gaussian.kl``, THEORY.md 3.4), D = A_a - A_b,
+    cancellation, as in ``analytic.gaussian.kl``), D = A_a - A_b,
     delta = D mean + b_a - b_b, K = L^{-1} D: the Gaussian KL at equal inputs plus the expected
     Mahalanobis term of the mean difference D x + b_a - b_b under N(mean, cov).
     Shapes: kernels batched over k (T, ...), mean (T, d), cov (T, d, d); returns (T,). O(T d^3).
@@ -249,7 +251,7 @@ def _check(spec: SamplerSpec, target) -> None:
 def path_divergences(ch: Chain, start: GaussianMixture, steps: int) -> PathKL:
     """Both path KLs and the marginal KL of a chain started from the law ``start``: the forward
     terms under the true marginals, the reverse ones under the sampler's marginals
-    p_{k+1} = N(A m_k + b, A P_k A^T + cov) (THEORY.md 3.3)."""
+    p_{k+1} = N(A m_k + b, A P_k A^T + cov)."""
     q0 = exact.GaussianLaw(ch.mean[0], ch.cov[0])
     p = exact.law_of(start)
     means, covs = [p.mean], [p.full_cov()]
