@@ -12,7 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from convergence.analysis import FLOOR_FACTOR, Analysis, CurveFit, analyse
+from convergence.analysis import (
+    DETERMINISTIC_EVALUATORS,
+    FLOOR_FACTOR,
+    Analysis,
+    CurveFit,
+    analyse,
+)
 from convergence.claims.findings import Z95, ClaimResult, Finding
 from convergence.figures import METRIC_LABELS, Series, _curve_series, _legend_label, plot_series
 
@@ -86,9 +92,16 @@ def curve_series(c: CurveFit, others: list[CurveFit], axis: str = "T", extra: st
 
 def floor_lines(curves: list[CurveFit]) -> list[tuple[float, str]]:
     """The reference line of a figure of sample-metric curves: 10x the median positive noise
-    floor of ``curves`` (the level below which no point is fitted), or none when every curve is
-    measured exactly (floor 0)."""
-    floors = [v for c in curves for v in c.floors if math.isfinite(v) and v > 0]
+    floor of the curves measured by a statistical evaluator (the level below which no point is
+    fitted), or none when every curve is measured exactly (an exact evaluator's floor is its
+    round-off level, not a noise floor)."""
+    floors = [
+        v
+        for c in curves
+        if c.key.evaluator not in DETERMINISTIC_EVALUATORS
+        for v in c.floors
+        if math.isfinite(v) and v > 0
+    ]
     if not floors:
         return []
     return [(FLOOR_FACTOR * float(np.median(floors)), f"{FLOOR_FACTOR:g}x noise floor")]

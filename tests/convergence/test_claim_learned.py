@@ -80,9 +80,13 @@ def test_plateau_row_divides_by_eps_score_and_reports_flatness():
 def test_floor_line_only_for_curves_with_a_noise_floor():
     from convergence.claims.context import floor_lines
 
-    exact = SimpleNamespace(floors=(0.0, 0.0))
-    sampled = SimpleNamespace(floors=(1e-4, 3e-4))
-    other = SimpleNamespace(floors=(2e-4, math.nan))
-    assert floor_lines([exact]) == []  # control: exact curves draw no floor
-    ((level, text),) = floor_lines([exact, sampled, other])
+    def curve(evaluator, floors):
+        return SimpleNamespace(key=SimpleNamespace(evaluator=evaluator), floors=floors)
+
+    exact = curve("logdet", (0.0, 0.0))
+    roundoff = curve("grid", (1e-11, 2e-11))  # an exact evaluator's round-off level
+    sampled = curve("samples", (1e-4, 3e-4))
+    other = curve("samples", (2e-4, math.nan))
+    assert floor_lines([exact, roundoff]) == []  # control: exact curves draw no floor
+    ((level, text),) = floor_lines([exact, roundoff, sampled, other])
     assert level == pytest.approx(10 * 2e-4) and text == "10x noise floor"
